@@ -57,10 +57,10 @@ impl FromStr for TraceId {
         };
         let parts: Vec<&str> = s.split('-').collect();
         match parts.as_slice() {
-            ["1", epoch, random] if epoch.len() == 8 && random.len() == 24 => {
-                if is_hex(epoch) && is_hex(random) {
-                    return Ok(Self(s.to_string()));
-                }
+            ["1", epoch, random]
+                if epoch.len() == 8 && random.len() == 24 && is_hex(epoch) && is_hex(random) =>
+            {
+                return Ok(Self(s.to_string()));
             }
             _ => {}
         }

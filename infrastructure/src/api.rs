@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -142,11 +143,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
         })?;
         let mut de = serde_json::Deserializer::from_slice(&bytes);
         let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
-            let path = err.path().to_string();
-            let inner = err.into_inner();
-            let field = (path != "." && !inner.is_eof()).then_some(path);
+            let field = offending_field(err.path(), err.inner());
             ApiError::Malformed {
-                message: inner.to_string(),
+                message: err.into_inner().to_string(),
                 field,
             }
         })?;
@@ -155,6 +154,53 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             field: None,
         })?;
         Ok(Self(value))
+    }
+}
+
+/// A query string whose errors have the API's error shape and name the parameter.
+pub struct QueryParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Query::try_from_uri(&parts.uri)
+            .map(|Query(value)| Self(value))
+            .map_err(|rejection| {
+                let message = rejection.body_text();
+                // axum words it "Failed to deserialize query string: <parameter>: <why>";
+                // without a parameter there are only two parts.
+                let mut parts = message.splitn(3, ": ");
+                let field = match (parts.next(), parts.next(), parts.next()) {
+                    (Some(_), Some(name), Some(_)) => Some(name.to_string()),
+                    _ => None,
+                };
+                ApiError::Malformed { message, field }
+            })
+    }
+}
+
+/// The request field a body error is about: the path of the bad value, or of the
+/// missing field itself (`metrics[1].unit`, not `metrics[1]`). `None` for an error in
+/// the JSON text that no field explains, such as a truncated body or a malformed key.
+fn offending_field(path: &serde_path_to_error::Path, err: &serde_json::Error) -> Option<String> {
+    let unknown = path
+        .iter()
+        .any(|segment| matches!(segment, serde_path_to_error::Segment::Unknown));
+    if err.is_eof() || unknown {
+        return None;
+    }
+    let at = path.to_string();
+    // serde reports a missing field only in its message: "missing field `name`".
+    let message = err.to_string();
+    let missing = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next());
+    match (at.as_str(), missing) {
+        (".", Some(name)) => Some(name.to_string()),
+        (_, Some(name)) => Some(format!("{at}.{name}")),
+        (".", None) => None,
+        _ => Some(at),
     }
 }
 
@@ -512,7 +558,7 @@ struct TraceQuery {
 
 async fn list_traces(
     State(state): State<AppState>,
-    Query(q): Query<TraceQuery>,
+    QueryParams(q): QueryParams<TraceQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = q.limit.unwrap_or(20);
     if !(1..=1000).contains(&limit) {
@@ -629,7 +675,7 @@ fn window(q: &WindowQuery) -> Result<u32, ApiError> {
 async fn service_performance(
     State(state): State<AppState>,
     Path(service_name): Path<String>,
-    Query(q): Query<WindowQuery>,
+    QueryParams(q): QueryParams<WindowQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let minutes = window(&q)?;
     let operations = read_models::performance(&state.store, Some(&service_name), minutes).await?;
@@ -642,7 +688,7 @@ async fn service_performance(
 
 async fn dashboard(
     State(state): State<AppState>,
-    Query(q): Query<WindowQuery>,
+    QueryParams(q): QueryParams<WindowQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let minutes = window(&q)?;
     let service = q.service_name.as_deref();
