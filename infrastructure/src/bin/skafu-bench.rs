@@ -160,25 +160,34 @@ async fn ingest(target: &Target) -> anyhow::Result<()> {
     let rows_per_request = METRICS_PER_REQUEST + 2;
     let started = Instant::now();
     let pool = store.pool.clone();
+    // PostgreSQL's events columns are `json`; SQLite's are text.
+    let json_param = |n: u8| match store.dialect {
+        skafu_infrastructure::db::Dialect::Postgres => format!("CAST(${n} AS json)"),
+        skafu_infrastructure::db::Dialect::Sqlite => format!("${n}"),
+    };
+    let insert = format!(
+        "INSERT INTO bench_events (aggregate_type, aggregate_id, sequence, event_type, \
+         event_version, payload, metadata) VALUES ($1, $2, $3, $4, $5, {}, {})",
+        json_param(6),
+        json_param(7)
+    );
     run_concurrently(requests, |i| {
         let pool = pool.clone();
+        let insert = insert.clone();
         async move {
             let t = Instant::now();
             let mut tx = pool.begin().await?;
             for seq in 1..=rows_per_request {
-                sqlx::query(
-                    "INSERT INTO bench_events (aggregate_type, aggregate_id, sequence, event_type, \
-                     event_version, payload, metadata) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                )
-                .bind("Metrics")
-                .bind(format!("raw-{i}"))
-                .bind(seq as i64)
-                .bind("MetricAdded")
-                .bind("1.0")
-                .bind(batch_body(i)["metrics"][0].to_string())
-                .bind("{}")
-                .execute(&mut *tx)
-                .await?;
+                sqlx::query(&insert)
+                    .bind("Metrics")
+                    .bind(format!("raw-{i}"))
+                    .bind(seq as i64)
+                    .bind("MetricAdded")
+                    .bind("1.0")
+                    .bind(batch_body(i)["metrics"][0].to_string())
+                    .bind("{}")
+                    .execute(&mut *tx)
+                    .await?;
             }
             tx.commit().await?;
             Ok(t.elapsed())
