@@ -533,8 +533,11 @@ impl Aggregate for Metrics {
                 if self.metric_count() == 0 {
                     return Err(MetricsError::NoMetrics);
                 }
-                if self.status != MetricsStatus::Active {
-                    return Err(MetricsError::InvalidState(self.status));
+                match self.status {
+                    MetricsStatus::Active => {}
+                    // A publisher that crashed after starting resumes: nothing to record.
+                    MetricsStatus::Publishing => return Ok(()),
+                    done => return Err(MetricsError::InvalidState(done)),
                 }
                 let metric_count = self.metric_count();
                 sink.write(MetricsEvent::MetricsPublishing { metric_count, at }, self)
@@ -793,6 +796,38 @@ mod tests {
                 metric_count: 1,
                 at: now(),
             }]);
+    }
+
+    #[test]
+    fn a_publisher_resuming_after_a_crash_records_nothing_new() {
+        let added = MetricsEvent::MetricAdded(Metric {
+            name: "x".into(),
+            value: 1.0,
+            unit: MetricUnit::Count,
+            timestamp: now(),
+            dimensions: BTreeMap::new(),
+        });
+        let publishing = MetricsEvent::MetricsPublishing {
+            metric_count: 1,
+            at: now(),
+        };
+        Given::with(())
+            .given(vec![opened(), added.clone(), publishing.clone()])
+            .when(MetricsCommand::PublishMetrics { at: now() })
+            .then_expect_events(vec![]);
+        // Once published, publishing again is refused: the datums must not be resent.
+        Given::with(())
+            .given(vec![
+                opened(),
+                added,
+                publishing,
+                MetricsEvent::MetricsPublished {
+                    metric_count: 1,
+                    at: now(),
+                },
+            ])
+            .when(MetricsCommand::PublishMetrics { at: now() })
+            .then_expect_error(MetricsError::InvalidState(MetricsStatus::Published));
     }
 
     #[test]

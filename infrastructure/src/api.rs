@@ -35,6 +35,7 @@ use skafu_domain::trace::SpanInput;
 use crate::db::{AnyRepository, Store};
 use crate::event_log;
 use crate::projector::Projector;
+use crate::publisher::Publisher;
 use crate::read_models;
 
 /// Largest request body accepted.
@@ -51,8 +52,8 @@ pub struct AppState {
     pub store: Store,
     /// The projector, to wait for read-your-writes.
     pub projector: Arc<Projector>,
-    /// Status of the AWS publisher, shown by `/healthz`.
-    pub publisher_status: Arc<dyn Fn() -> Value + Send + Sync>,
+    /// The AWS publisher, when publishing is on; its status is shown by `/healthz`.
+    pub publisher: Option<Arc<Publisher>>,
 }
 
 /// An API error.
@@ -252,12 +253,22 @@ async fn settle(state: &AppState, aggregate_type: &str, id: &str) -> bool {
 async fn healthz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let total = event_log::count_events(&state.store).await?;
     let at = state.projector.position();
+    let (backlog, oldest) = event_log::backlog(&state.store, at).await?;
+    let now = Utc::now().timestamp_millis();
+    let publisher = match &state.publisher {
+        Some(publisher) => publisher.status().await?,
+        None => json!({"enabled": false}),
+    };
     Ok(Json(json!({
         "status": "ok",
         "store": format!("{:?}", state.store.dialect).to_lowercase(),
         "events": total,
-        "projector": {"position": at.position},
-        "publisher": (state.publisher_status)(),
+        "projector": {
+            "position": at.position,
+            "backlog_events": backlog,
+            "oldest_unprojected_age_ms": oldest.map(|t| (now - t).max(0)),
+        },
+        "publisher": publisher,
     })))
 }
 

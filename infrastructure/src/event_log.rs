@@ -233,3 +233,21 @@ pub async fn count_events(store: &Store) -> Result<i64, sqlx::Error> {
         .fetch_one(&store.pool)
         .await
 }
+
+/// How far a reader is behind: the events after `at`, and when the oldest of them was
+/// recorded (ms since the epoch).
+///
+/// # Errors
+///
+/// Any database error.
+pub async fn backlog(store: &Store, at: Checkpoint) -> Result<(i64, Option<i64>), sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT CAST(COUNT(*) AS BIGINT) AS backlog, MIN(recorded_at_ms) AS oldest \
+         FROM event_log WHERE tx_id > $1 OR (tx_id = $1 AND position > $2)",
+    )
+    .bind(at.tx_id)
+    .bind(at.position)
+    .fetch_one(&store.pool)
+    .await?;
+    Ok((row.try_get("backlog")?, row.try_get("oldest")?))
+}

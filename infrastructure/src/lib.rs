@@ -16,6 +16,7 @@ pub mod checker;
 pub mod db;
 pub mod event_log;
 pub mod projector;
+pub mod publisher;
 pub mod read_models;
 pub mod scheduler;
 pub mod snapshots;
@@ -23,13 +24,14 @@ pub mod snapshots;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use serde_json::json;
 use skafu_application::service::Observability;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::aws::config::{load_aws, AwsOverrides};
 use crate::db::Store;
 use crate::projector::Projector;
+use crate::publisher::{Publisher, PublisherSettings};
 
 /// What the service needs to start.
 #[derive(Debug, Clone)]
@@ -40,6 +42,22 @@ pub struct Settings {
     pub database_url: String,
     /// Whether the health-check scheduler runs.
     pub scheduler: bool,
+    /// Where AWS settings come from.
+    pub aws: AwsMode,
+    /// Tunables of the AWS publisher.
+    pub publisher: PublisherSettings,
+}
+
+/// Whether and how to publish to AWS.
+#[derive(Debug, Clone, Default)]
+pub enum AwsMode {
+    /// Never publish.
+    #[default]
+    Off,
+    /// The standard AWS configuration chain decides (see [`aws::config`]).
+    FromEnvironment,
+    /// The chain, with these settings taking precedence (tests point it at an emulator).
+    With(AwsOverrides),
 }
 
 /// A running service.
@@ -93,6 +111,25 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
 
     let (shutdown, rx) = watch::channel(false);
     let mut tasks = vec![tokio::spawn(projector.clone().run(rx.clone()))];
+    let clients = match settings.aws {
+        AwsMode::Off => {
+            tracing::info!("AWS publishing off: disabled by configuration");
+            None
+        }
+        AwsMode::FromEnvironment => load_aws(None).await,
+        AwsMode::With(overrides) => load_aws(Some(overrides)).await,
+    };
+    let publisher = match clients {
+        Some(clients) => {
+            let publisher =
+                Publisher::new(store.clone(), app.clone(), clients, settings.publisher).await?;
+            tasks.push(tokio::spawn(
+                publisher.clone().run(projector.subscribe(), rx.clone()),
+            ));
+            Some(publisher)
+        }
+        None => None,
+    };
     if settings.scheduler {
         tasks.push(tokio::spawn(scheduler::run(
             store.clone(),
@@ -106,7 +143,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         app,
         store: store.clone(),
         projector,
-        publisher_status: Arc::new(|| json!({"enabled": false})),
+        publisher,
     };
     let listener = tokio::net::TcpListener::bind(settings.bind).await?;
     let addr = listener.local_addr()?;

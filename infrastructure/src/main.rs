@@ -13,7 +13,8 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use skafu_infrastructure::db::{redact, Store};
 use skafu_infrastructure::projector::Projector;
-use skafu_infrastructure::{event_log, install_crypto, start, Settings};
+use skafu_infrastructure::publisher::PublisherSettings;
+use skafu_infrastructure::{event_log, install_crypto, start, AwsMode, Settings};
 
 /// Default store: a SQLite file under ./data, created on first start.
 const DEFAULT_DATABASE_URL: &str = "sqlite://./data/skafu-observability.db";
@@ -48,6 +49,12 @@ enum Command {
         /// Do not run health checks on their interval (on-demand runs still work).
         #[arg(long, env = "SKAFU_NO_SCHEDULER")]
         no_scheduler: bool,
+        /// Never publish to AWS, even when AWS settings are present.
+        #[arg(long, env = "SKAFU_NO_AWS")]
+        no_aws: bool,
+        /// Longest pause between retries of a failing AWS call, in milliseconds.
+        #[arg(long, env = "SKAFU_PUBLISH_MAX_BACKOFF_MS", default_value_t = 20_000)]
+        publish_max_backoff_ms: u64,
     },
     /// Apply pending schema migrations and exit.
     Migrate {
@@ -75,11 +82,22 @@ async fn main() -> anyhow::Result<()> {
             bind,
             db,
             no_scheduler,
+            no_aws,
+            publish_max_backoff_ms,
         } => {
             let running = start(Settings {
                 bind,
                 database_url: db.database_url.clone(),
                 scheduler: !no_scheduler,
+                aws: if no_aws {
+                    AwsMode::Off
+                } else {
+                    AwsMode::FromEnvironment
+                },
+                publisher: PublisherSettings {
+                    backoff_max: std::time::Duration::from_millis(publish_max_backoff_ms),
+                    ..PublisherSettings::default()
+                },
             })
             .await
             .with_context(|| format!("starting on {}", redact(&db.database_url)))?;

@@ -380,6 +380,11 @@ impl Projector {
         }
     }
 
+    /// A receiver that changes whenever the projector moves: new events are in the log.
+    pub fn subscribe(&self) -> watch::Receiver<Checkpoint> {
+        self.progress.subscribe()
+    }
+
     /// Where the projector has got to.
     pub fn position(&self) -> Checkpoint {
         *self.progress.borrow()

@@ -214,6 +214,8 @@ async fn start_in_process(database_url: &str, scheduler: bool) -> Running {
         bind: "127.0.0.1:0".parse().expect("a loopback address"),
         database_url: database_url.to_string(),
         scheduler,
+        aws: skafu_infrastructure::AwsMode::Off,
+        publisher: Default::default(),
     };
     skafu_infrastructure::start(settings)
         .await

@@ -122,6 +122,8 @@ async fn ingest(target: &Target) -> anyhow::Result<()> {
         bind: SocketAddr::from(([127, 0, 0, 1], 0)),
         database_url: target.url.clone(),
         scheduler: false,
+        aws: skafu_infrastructure::AwsMode::Off,
+        publisher: Default::default(),
     })
     .await?;
     let base = format!("http://{}", running.addr);

@@ -1,0 +1,947 @@
+//! The AWS publisher: a reader of the event log that sends what it reads to CloudWatch
+//! and X-Ray, then moves its checkpoint.
+//!
+//! # Guarantees
+//!
+//! - **At least once.** The checkpoint moves only after every call for the events behind
+//!   it has succeeded or been refused for good, so after `kill -9` or an outage the
+//!   publisher resends from its checkpoint and nothing accepted is skipped.
+//! - **In commit order**, a window of up to [`WINDOW`] events at a time, read the same way
+//!   as the projector reads (see [`crate::event_log`]).
+//! - **Few duplicates.** A metrics batch records `MetricsPublishing` before its datums are
+//!   sent and `MetricsPublished` right after the request that carried its last datum; a
+//!   resend skips batches already published. X-Ray segments have ids derived from the
+//!   trace, so a resent trace overwrites itself. What can still be counted twice in
+//!   CloudWatch: a request whose answer was lost (a crash between AWS accepting it and
+//!   `MetricsPublished` being stored, a few milliseconds), the standard datums of a batch
+//!   whose custom datums went in the next request, and the health-check datums of the
+//!   window in flight at the crash.
+//! - **Not blocked by bad data.** A request AWS refuses for good is split so that only
+//!   the offending batch, health result or trace is recorded as failed (in the
+//!   `MetricsPublishFailed` event for batches, in `publish_failures` for all); the stream
+//!   goes on. Throttling, 5xx, timeouts and refused connections are retried with
+//!   exponential backoff and jitter, for as long as it takes.
+//! - **One publisher per database.** Several instances may share a PostgreSQL database;
+//!   the one holding the lease on the checkpoint row publishes and the others wait, so a
+//!   window is never sent twice at once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
+use futures::StreamExt;
+use rand::Rng;
+use serde_json::{json, Value};
+use skafu_application::service::Observability;
+use skafu_application::AppError;
+use skafu_domain::health::{HealthCheckEvent, HealthStatus};
+use skafu_domain::metrics::{Metrics, MetricsCommand, MetricsEvent};
+use skafu_domain::trace::TraceEvent;
+use sqlx::Row;
+use tokio::sync::watch;
+
+use crate::aws::cloudwatch::{self, CloudWatchSender, Datum};
+use crate::aws::config::AwsClients;
+use crate::aws::xray::{self, TraceForXray, XRaySender};
+use crate::aws::PublishError;
+use crate::db::{AnyRepository, Store};
+use crate::event_log::{self, Checkpoint, StoredEvent};
+
+/// Checkpoint name of the publisher.
+pub const PUBLISHER: &str = "aws_publisher";
+/// Most events read per window.
+pub const WINDOW: i64 = 1000;
+/// How long a lease lasts without renewal.
+const LEASE: Duration = Duration::from_secs(30);
+/// How often the publisher looks for new events when nobody woke it.
+const POLL: Duration = Duration::from_millis(200);
+/// Upper bound of one AWS call, whatever the SDK's own timeouts are: a frozen endpoint
+/// must not stall the publisher forever.
+const CALL_TIMEOUT: Duration = Duration::from_secs(20);
+/// Status commands run at once per window.
+const STATUS_CONCURRENCY: usize = 8;
+
+/// Tunables of the publisher.
+#[derive(Debug, Clone)]
+pub struct PublisherSettings {
+    /// First backoff after a retryable failure.
+    pub backoff_base: Duration,
+    /// Longest backoff.
+    pub backoff_max: Duration,
+    /// `service.version` of the X-Ray segments.
+    pub service_version: String,
+}
+
+impl Default for PublisherSettings {
+    fn default() -> Self {
+        Self {
+            backoff_base: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(20),
+            service_version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+}
+
+/// Why a window was abandoned; it is read again from the checkpoint.
+#[derive(Debug, thiserror::Error)]
+enum WindowError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("status command: {0}")]
+    App(#[from] AppError),
+    #[error("another instance holds the publisher lease")]
+    LostLease,
+    #[error("shutting down")]
+    Stopped,
+}
+
+/// Counters shown in `/healthz`.
+#[derive(Default)]
+struct Stats {
+    datums: AtomicU64,
+    segments: AtomicU64,
+    requests: AtomicU64,
+    retries: AtomicU64,
+    failed: AtomicU64,
+    leader: AtomicBool,
+    retrying: AtomicBool,
+    last_error: Mutex<Option<String>>,
+    last_success: Mutex<Option<DateTime<Utc>>>,
+}
+
+/// Publishes the event log to CloudWatch and X-Ray.
+pub struct Publisher {
+    store: Store,
+    app: Arc<Observability<AnyRepository>>,
+    cloudwatch: CloudWatchSender,
+    xray: XRaySender,
+    settings: PublisherSettings,
+    owner: String,
+    services: Mutex<HashMap<String, String>>,
+    stats: Stats,
+}
+
+/// Who a datum speaks for, so that a refusal lands on the right record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Origin {
+    Batch(String),
+    Health { check_id: String, sequence: i64 },
+}
+
+/// The datums of one origin in one namespace: never split across requests unless they
+/// alone exceed one.
+struct Part {
+    unit: usize,
+    datums: Vec<Datum>,
+}
+
+/// One `PutMetricData` request.
+struct Request {
+    namespace: String,
+    parts: Vec<Part>,
+}
+
+impl Request {
+    fn datums(&self) -> Vec<Datum> {
+        self.parts
+            .iter()
+            .flat_map(|p| p.datums.iter().cloned())
+            .collect()
+    }
+}
+
+/// What one window asks for.
+#[derive(Default)]
+struct Plan {
+    units: Vec<Origin>,
+    batches: Vec<(String, Metrics)>,
+    datums: Vec<(usize, Datum)>,
+    traces: Vec<(String, i64)>,
+}
+
+impl Publisher {
+    /// A publisher over `store`, sending with `clients`.
+    ///
+    /// # Errors
+    ///
+    /// Any database error while creating its checkpoint.
+    pub async fn new(
+        store: Store,
+        app: Arc<Observability<AnyRepository>>,
+        clients: AwsClients,
+        settings: PublisherSettings,
+    ) -> Result<Arc<Self>, sqlx::Error> {
+        event_log::ensure_checkpoint(&store, PUBLISHER).await?;
+        Ok(Arc::new(Self {
+            store,
+            app,
+            cloudwatch: CloudWatchSender::new(clients.cloudwatch),
+            xray: XRaySender::new(clients.xray),
+            settings,
+            owner: uuid::Uuid::new_v4().to_string(),
+            services: Mutex::new(HashMap::new()),
+            stats: Stats::default(),
+        }))
+    }
+
+    /// Runs until `shutdown` turns true. `wake` changes whenever the projector moves,
+    /// which is the cue that new events are in the log.
+    pub async fn run(
+        self: Arc<Self>,
+        mut wake: watch::Receiver<Checkpoint>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut failures = 0u32;
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            match self.drain(&shutdown).await {
+                Ok(()) => failures = 0,
+                Err(WindowError::Stopped) => break,
+                Err(WindowError::LostLease) => {
+                    tracing::info!("another instance publishes; standing by");
+                }
+                Err(err) => {
+                    failures += 1;
+                    self.note_error(&err.to_string());
+                    tracing::warn!(error = %err, "publisher window abandoned; it will be read again");
+                    if !self.pause(failures, &mut shutdown).await {
+                        break;
+                    }
+                    continue;
+                }
+            }
+            tokio::select! {
+                _ = wake.changed() => {}
+                _ = tokio::time::sleep(POLL) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        self.release().await;
+    }
+
+    /// Publishes windows until the log is exhausted.
+    async fn drain(&self, shutdown: &watch::Receiver<bool>) -> Result<(), WindowError> {
+        loop {
+            if !self.acquire().await? {
+                self.stats.leader.store(false, Ordering::Relaxed);
+                return Err(WindowError::LostLease);
+            }
+            self.stats.leader.store(true, Ordering::Relaxed);
+            if self.publish_window(shutdown).await? == 0 {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Takes or renews the lease; returns whether this instance holds it.
+    async fn acquire(&self) -> Result<bool, sqlx::Error> {
+        let now = Utc::now().timestamp_millis();
+        let until = now + LEASE.as_millis() as i64;
+        let done = sqlx::query(
+            "UPDATE checkpoints SET owner = $2, lease_until_ms = $3 WHERE name = $1 \
+             AND (owner IS NULL OR owner = $2 OR lease_until_ms < $4)",
+        )
+        .bind(PUBLISHER)
+        .bind(&self.owner)
+        .bind(until)
+        .bind(now)
+        .execute(&self.store.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn release(&self) {
+        let released =
+            sqlx::query("UPDATE checkpoints SET owner = NULL WHERE name = $1 AND owner = $2")
+                .bind(PUBLISHER)
+                .bind(&self.owner)
+                .execute(&self.store.pool)
+                .await;
+        if let Err(err) = released {
+            tracing::warn!(error = %err, "publisher lease not released; it expires by itself");
+        }
+    }
+
+    /// Reads, plans, sends and checkpoints one window; returns how many events it read.
+    async fn publish_window(&self, shutdown: &watch::Receiver<bool>) -> Result<usize, WindowError> {
+        let from = event_log::read_checkpoint(&self.store, PUBLISHER).await?;
+        let events = {
+            let mut conn = self.store.pool.acquire().await?;
+            event_log::read_after(&mut conn, self.store.dialect, from, WINDOW).await?
+        };
+        let Some(last) = events.last().map(|e| e.checkpoint) else {
+            return Ok(0);
+        };
+        let full = events.len() as i64 == WINDOW;
+        let plan = self.plan(&events, full).await?;
+        self.send_metrics(plan.units, plan.batches, plan.datums, shutdown)
+            .await?;
+        for (trace_id, sequence) in plan.traces {
+            self.send_trace(&trace_id, sequence, shutdown).await?;
+        }
+        self.save(last).await?;
+        self.stats.retrying.store(false, Ordering::Relaxed);
+        *lock(&self.stats.last_success) = Some(Utc::now());
+        Ok(events.len())
+    }
+
+    /// Moves the checkpoint if the lease is still ours.
+    async fn save(&self, at: Checkpoint) -> Result<(), WindowError> {
+        let done = sqlx::query(
+            "UPDATE checkpoints SET tx_id = $2, position = $3 WHERE name = $1 AND owner = $4",
+        )
+        .bind(PUBLISHER)
+        .bind(at.tx_id)
+        .bind(at.position)
+        .bind(&self.owner)
+        .execute(&self.store.pool)
+        .await?;
+        if done.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(WindowError::LostLease)
+        }
+    }
+
+    /// Turns a window's events into batches, datums and traces to send.
+    async fn plan(&self, events: &[StoredEvent], full: bool) -> Result<Plan, WindowError> {
+        let mut plan = Plan::default();
+        // Batches opened in this window, folded from its events. A batch is recorded in
+        // one transaction, so its events are contiguous; only the last one of a full
+        // window can be cut short, and that one is read whole from the store.
+        let mut open: BTreeMap<String, Metrics> = BTreeMap::new();
+        let mut order: Vec<String> = Vec::new();
+        for event in events {
+            match event.aggregate_type.as_str() {
+                "Metrics" => {
+                    let Some(payload) = parse::<MetricsEvent>(event) else {
+                        continue;
+                    };
+                    let id = &event.aggregate_id;
+                    if let MetricsEvent::MetricsBatchOpened { .. } = payload {
+                        order.push(id.clone());
+                        open.insert(id.clone(), Metrics::default());
+                    }
+                    let recording = matches!(
+                        payload,
+                        MetricsEvent::MetricsBatchOpened { .. }
+                            | MetricsEvent::DimensionAdded { .. }
+                            | MetricsEvent::MetricAdded(_)
+                            | MetricsEvent::CustomMetricAdded(_)
+                    );
+                    if let (true, Some(batch)) = (recording, open.get_mut(id)) {
+                        batch.apply(payload);
+                    }
+                }
+                "HealthCheck" => {
+                    let Some(payload) = parse::<HealthCheckEvent>(event) else {
+                        continue;
+                    };
+                    let (status, response_time_ms, at) = match payload {
+                        HealthCheckEvent::HealthCheckSucceeded {
+                            response_time_ms,
+                            degraded,
+                            checked_at,
+                            ..
+                        } => {
+                            let status = if degraded {
+                                HealthStatus::Degraded
+                            } else {
+                                HealthStatus::Healthy
+                            };
+                            (status, Some(response_time_ms), checked_at)
+                        }
+                        HealthCheckEvent::HealthCheckFailed {
+                            response_time_ms,
+                            checked_at,
+                            ..
+                        } => (HealthStatus::Unhealthy, response_time_ms, checked_at),
+                        HealthCheckEvent::HealthCheckRegistered { .. } => continue,
+                    };
+                    let service = self.service_of(&event.aggregate_id).await?;
+                    let unit = plan.units.len();
+                    plan.units.push(Origin::Health {
+                        check_id: event.aggregate_id.clone(),
+                        sequence: event.sequence,
+                    });
+                    let datums = cloudwatch::health_datums(
+                        &service,
+                        &event.aggregate_id,
+                        status,
+                        response_time_ms,
+                        at,
+                    );
+                    plan.datums.extend(datums.into_iter().map(|d| (unit, d)));
+                }
+                "Trace" => {
+                    if let Some(TraceEvent::TraceCompleted { .. }) = parse::<TraceEvent>(event) {
+                        plan.traces
+                            .push((event.aggregate_id.clone(), event.sequence));
+                    }
+                }
+                _ => {}
+            }
+        }
+
+        if full {
+            if let Some(last) = order.last() {
+                let history = event_log::aggregate_history(&self.store, "Metrics", last).await?;
+                let mut whole = Metrics::default();
+                for event in &history {
+                    if let Some(payload) = parse::<MetricsEvent>(event) {
+                        whole.apply(payload);
+                    }
+                }
+                open.insert(last.clone(), whole);
+            }
+        }
+
+        for id in order {
+            if let Some(batch) = open.remove(&id) {
+                plan.batches.push((id, batch));
+            }
+        }
+        Ok(plan)
+    }
+
+    /// The service a health check belongs to, from its registration.
+    async fn service_of(&self, check_id: &str) -> Result<String, sqlx::Error> {
+        if let Some(service) = lock(&self.services).get(check_id) {
+            return Ok(service.clone());
+        }
+        let row = sqlx::query(
+            "SELECT CAST(payload AS TEXT) AS payload FROM events \
+             WHERE aggregate_type = 'HealthCheck' AND aggregate_id = $1 AND sequence = 1",
+        )
+        .bind(check_id)
+        .fetch_optional(&self.store.pool)
+        .await?;
+        let registered = row
+            .map(|r| r.try_get::<String, _>("payload"))
+            .transpose()?
+            .and_then(|text| serde_json::from_str::<HealthCheckEvent>(&text).ok());
+        let service = match registered {
+            Some(HealthCheckEvent::HealthCheckRegistered { definition, .. }) => {
+                definition.service_name
+            }
+            // Ids are `<service>-<check type>`; good enough for a check whose
+            // registration is gone.
+            _ => check_id
+                .rsplit_once('-')
+                .map_or(check_id, |(service, _)| service)
+                .to_string(),
+        };
+        lock(&self.services).insert(check_id.to_string(), service.clone());
+        Ok(service)
+    }
+
+    /// Sends the window's datums: marks batches as publishing, checks every datum against
+    /// CloudWatch's limits, packs requests, sends them, and confirms each batch as soon as
+    /// the request with its last datum succeeded.
+    async fn send_metrics(
+        &self,
+        mut units: Vec<Origin>,
+        batches: Vec<(String, Metrics)>,
+        mut datums: Vec<(usize, Datum)>,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<(), WindowError> {
+        // Start publishing every batch; one already published or failed is skipped.
+        let started: Vec<(String, Metrics, Result<(), AppError>)> = futures::stream::iter(batches)
+            .map(|(id, batch)| async move {
+                let at = Utc::now();
+                let result = self
+                    .app
+                    .update_metrics_status(&id, MetricsCommand::PublishMetrics { at })
+                    .await;
+                (id, batch, result)
+            })
+            .buffered(STATUS_CONCURRENCY)
+            .collect()
+            .await;
+        let now = Utc::now();
+        for (id, batch, result) in started {
+            match result {
+                Ok(()) => {}
+                // Already published or failed: a resend after a crash.
+                Err(AppError::Conflict(_)) => continue,
+                // Nothing publishable (an empty or vanished batch): skipping it is all
+                // that can be done, and blocking the stream on it would be worse.
+                Err(AppError::Invalid(_) | AppError::NotFound(_)) => {
+                    tracing::warn!(metrics_id = %id, "batch cannot be published; skipped");
+                    continue;
+                }
+                Err(other) => return Err(other.into()),
+            }
+            let unit = units.len();
+            units.push(Origin::Batch(id.clone()));
+            let batch_datums = cloudwatch::batch_datums(&batch);
+            // One datum CloudWatch would refuse fails the whole request: catch it here,
+            // before it can take other batches down with it.
+            if let Some(err) = batch_datums
+                .iter()
+                .enumerate()
+                .find_map(|(i, d)| cloudwatch::validate(d, now).err().map(|e| (i, e)))
+            {
+                let reason = format!("datum {}: {}", err.0, err.1);
+                self.fail(&units[unit], &reason).await?;
+                continue;
+            }
+            datums.extend(batch_datums.into_iter().map(|d| (unit, d)));
+        }
+
+        let mut outstanding = vec![0usize; units.len()];
+        let mut failed = vec![false; units.len()];
+        let requests = pack(datums);
+        for request in &requests {
+            for part in &request.parts {
+                outstanding[part.unit] += 1;
+            }
+        }
+        let mut queue: Vec<Request> = requests.into_iter().rev().collect();
+        while let Some(request) = queue.pop() {
+            match self
+                .send_with_retry(shutdown, || {
+                    let datums = request.datums();
+                    let namespace = request.namespace.clone();
+                    async move { self.cloudwatch.put(&namespace, &datums).await }
+                })
+                .await?
+            {
+                Ok(()) => {
+                    let sent = request.parts.iter().map(|p| p.datums.len()).sum::<usize>();
+                    self.stats.datums.fetch_add(sent as u64, Ordering::Relaxed);
+                    for part in &request.parts {
+                        outstanding[part.unit] -= 1;
+                        if outstanding[part.unit] == 0 && !failed[part.unit] {
+                            self.confirm(&units[part.unit]).await?;
+                        }
+                    }
+                }
+                Err(reason) if request.parts.len() > 1 => {
+                    // Find the culprit: send each origin's datums on its own.
+                    tracing::warn!(reason = %reason, "request refused; resending per origin");
+                    for part in request.parts.into_iter().rev() {
+                        queue.push(Request {
+                            namespace: request.namespace.clone(),
+                            parts: vec![part],
+                        });
+                    }
+                }
+                Err(reason) => {
+                    let unit = request.parts[0].unit;
+                    outstanding[unit] -= 1;
+                    if !failed[unit] {
+                        failed[unit] = true;
+                        self.fail(&units[unit], &reason).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn confirm(&self, origin: &Origin) -> Result<(), WindowError> {
+        if let Origin::Batch(id) = origin {
+            let at = Utc::now();
+            self.app
+                .update_metrics_status(id, MetricsCommand::ConfirmPublished { at })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Records a permanent refusal; a batch also gets its `MetricsPublishFailed` event.
+    async fn fail(&self, origin: &Origin, reason: &str) -> Result<(), WindowError> {
+        let at = Utc::now();
+        let (target, aggregate_type, aggregate_id, sequence) = match origin {
+            Origin::Batch(id) => {
+                self.app
+                    .update_metrics_status(
+                        id,
+                        MetricsCommand::FailPublishing {
+                            reason: reason.to_string(),
+                            at,
+                        },
+                    )
+                    .await?;
+                ("cloudwatch", "Metrics", id.as_str(), 1)
+            }
+            Origin::Health { check_id, sequence } => {
+                ("cloudwatch", "HealthCheck", check_id.as_str(), *sequence)
+            }
+        };
+        self.record_failure(target, aggregate_type, aggregate_id, sequence, reason, at)
+            .await?;
+        Ok(())
+    }
+
+    async fn record_failure(
+        &self,
+        target: &str,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        sequence: i64,
+        reason: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), sqlx::Error> {
+        tracing::warn!(
+            target_service = target,
+            aggregate_type,
+            aggregate_id,
+            sequence,
+            reason,
+            "AWS refused a record for good; recorded and skipped"
+        );
+        self.stats.failed.fetch_add(1, Ordering::Relaxed);
+        sqlx::query(
+            "INSERT INTO publish_failures (target, aggregate_type, aggregate_id, sequence, \
+             reason, failed_at_ms) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(target)
+        .bind(aggregate_type)
+        .bind(aggregate_id)
+        .bind(sequence)
+        .bind(reason)
+        .bind(at.timestamp_millis())
+        .execute(&self.store.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Sends a completed trace's documents.
+    async fn send_trace(
+        &self,
+        trace_id: &str,
+        sequence: i64,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<(), WindowError> {
+        let history = event_log::aggregate_history(&self.store, "Trace", trace_id).await?;
+        let events: Vec<TraceEvent> = history.iter().filter_map(parse).collect();
+        let Some(trace) =
+            TraceForXray::from_events(trace_id, &self.settings.service_version, &events)
+        else {
+            return Ok(());
+        };
+        let docs = xray::segment_documents(&trace);
+        let count = docs.len();
+        let outcome = self
+            .send_with_retry(shutdown, || {
+                let docs = docs.clone();
+                async move { self.xray.put(docs).await }
+            })
+            .await?;
+        match outcome {
+            Ok(()) => {
+                self.stats
+                    .segments
+                    .fetch_add(count as u64, Ordering::Relaxed);
+            }
+            Err(reason) => {
+                self.record_failure("xray", "Trace", trace_id, sequence, &reason, Utc::now())
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Calls `send` until it succeeds or fails for good, backing off between retryable
+    /// failures and renewing the lease meanwhile. The outer error means "stop": shutdown
+    /// or a lost lease.
+    async fn send_with_retry<F, Fut>(
+        &self,
+        shutdown: &watch::Receiver<bool>,
+        send: F,
+    ) -> Result<Result<(), String>, WindowError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<(), PublishError>>,
+    {
+        let mut attempt = 0u32;
+        loop {
+            self.stats.requests.fetch_add(1, Ordering::Relaxed);
+            let result = match tokio::time::timeout(CALL_TIMEOUT, send()).await {
+                Ok(result) => result,
+                Err(_) => Err(PublishError::Retryable(format!(
+                    "no answer within {} s",
+                    CALL_TIMEOUT.as_secs()
+                ))),
+            };
+            match result {
+                Ok(()) => return Ok(Ok(())),
+                Err(PublishError::Permanent(reason)) => return Ok(Err(reason)),
+                Err(PublishError::Retryable(reason)) => {
+                    attempt += 1;
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    self.stats.retrying.store(true, Ordering::Relaxed);
+                    self.note_error(&reason);
+                    if attempt == 1 || attempt.is_power_of_two() {
+                        tracing::warn!(attempt, reason = %reason, "AWS call failed; retrying");
+                    }
+                    let mut shutdown = shutdown.clone();
+                    if !self.pause(attempt, &mut shutdown).await {
+                        return Err(WindowError::Stopped);
+                    }
+                    if !self.acquire().await? {
+                        return Err(WindowError::LostLease);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sleeps a full-jitter exponential backoff; returns false when shutdown came first.
+    async fn pause(&self, attempt: u32, shutdown: &mut watch::Receiver<bool>) -> bool {
+        let delay = backoff(
+            attempt,
+            self.settings.backoff_base,
+            self.settings.backoff_max,
+            &mut rand::thread_rng(),
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => !*shutdown.borrow(),
+            _ = shutdown.changed() => false,
+        }
+    }
+
+    fn note_error(&self, reason: &str) {
+        *lock(&self.stats.last_error) = Some(reason.to_string());
+    }
+
+    /// What `/healthz` shows: lag, backlog, counters and the last error.
+    ///
+    /// # Errors
+    ///
+    /// Any database error.
+    pub async fn status(&self) -> Result<Value, sqlx::Error> {
+        let at = event_log::read_checkpoint(&self.store, PUBLISHER).await?;
+        let (backlog, oldest) = event_log::backlog(&self.store, at).await?;
+        let failures: i64 =
+            sqlx::query_scalar("SELECT CAST(COUNT(*) AS BIGINT) FROM publish_failures")
+                .fetch_one(&self.store.pool)
+                .await?;
+        let now = Utc::now().timestamp_millis();
+        let stats = &self.stats;
+        Ok(json!({
+            "enabled": true,
+            "leader": stats.leader.load(Ordering::Relaxed),
+            "checkpoint": {"tx_id": at.tx_id, "position": at.position},
+            "backlog_events": backlog,
+            "oldest_unpublished_age_ms": oldest.map(|t| (now - t).max(0)),
+            "datums_published": stats.datums.load(Ordering::Relaxed),
+            "segments_published": stats.segments.load(Ordering::Relaxed),
+            "requests": stats.requests.load(Ordering::Relaxed),
+            "retries": stats.retries.load(Ordering::Relaxed),
+            "retrying": stats.retrying.load(Ordering::Relaxed),
+            "failures": failures,
+            "last_error": lock(&stats.last_error).clone(),
+            "last_success": *lock(&stats.last_success),
+        }))
+    }
+
+    /// Where the publisher has got to.
+    ///
+    /// # Errors
+    ///
+    /// Any database error.
+    pub async fn position(&self) -> Result<Checkpoint, sqlx::Error> {
+        event_log::read_checkpoint(&self.store, PUBLISHER).await
+    }
+}
+
+/// Packs datums into requests: by namespace, each origin's datums kept together, at most
+/// [`cloudwatch::MAX_DATUMS_PER_REQUEST`] datums and
+/// [`cloudwatch::MAX_REQUEST_BYTES`] estimated bytes per request.
+fn pack(datums: Vec<(usize, Datum)>) -> Vec<Request> {
+    // (namespace, unit) -> datums, in first-seen order.
+    let mut groups: Vec<((String, usize), Vec<Datum>)> = Vec::new();
+    let mut index: HashMap<(String, usize), usize> = HashMap::new();
+    for (unit, datum) in datums {
+        let key = (datum.namespace.clone(), unit);
+        let slot = *index.entry(key.clone()).or_insert_with(|| {
+            groups.push((key, Vec::new()));
+            groups.len() - 1
+        });
+        groups[slot].1.push(datum);
+    }
+
+    let mut by_namespace: BTreeMap<String, Vec<Part>> = BTreeMap::new();
+    for ((namespace, unit), datums) in groups {
+        by_namespace
+            .entry(namespace)
+            .or_default()
+            .push(Part { unit, datums });
+    }
+
+    let mut requests = Vec::new();
+    for (namespace, parts) in by_namespace {
+        let overhead = cloudwatch::estimated_request_bytes(&namespace, &[]);
+        let mut current: Vec<Part> = Vec::new();
+        let (mut count, mut bytes) = (0, overhead);
+        for part in parts {
+            let part_bytes =
+                cloudwatch::estimated_request_bytes(&namespace, &part.datums) - overhead;
+            if part.datums.len() > cloudwatch::MAX_DATUMS_PER_REQUEST
+                || overhead + part_bytes > cloudwatch::MAX_REQUEST_BYTES
+            {
+                // Too big for one request on its own: its own requests, in order.
+                for (ns, chunk) in cloudwatch::chunk_for_put(part.datums) {
+                    requests.push(Request {
+                        namespace: ns,
+                        parts: vec![Part {
+                            unit: part.unit,
+                            datums: chunk,
+                        }],
+                    });
+                }
+                continue;
+            }
+            let fits = count + part.datums.len() <= cloudwatch::MAX_DATUMS_PER_REQUEST
+                && bytes + part_bytes <= cloudwatch::MAX_REQUEST_BYTES;
+            if !fits {
+                requests.push(Request {
+                    namespace: namespace.clone(),
+                    parts: std::mem::take(&mut current),
+                });
+                (count, bytes) = (0, overhead);
+            }
+            count += part.datums.len();
+            bytes += part_bytes;
+            current.push(part);
+        }
+        if !current.is_empty() {
+            requests.push(Request {
+                namespace,
+                parts: current,
+            });
+        }
+    }
+    requests
+}
+
+/// Exponential backoff with jitter: a uniform delay between half and all of
+/// `base · 2^(attempt-1)`, capped at `max`, so that instances retrying together spread
+/// out while the delay still grows.
+fn backoff(attempt: u32, base: Duration, max: Duration, rng: &mut impl Rng) -> Duration {
+    let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+    let ceiling = exp.min(max).as_millis().max(1) as u64;
+    Duration::from_millis(rng.gen_range(ceiling / 2..=ceiling))
+}
+
+fn parse<E: serde::de::DeserializeOwned>(event: &StoredEvent) -> Option<E> {
+    match serde_json::from_value(event.payload.clone()) {
+        Ok(e) => Some(e),
+        Err(err) => {
+            tracing::error!(
+                aggregate_type = %event.aggregate_type,
+                aggregate_id = %event.aggregate_id,
+                sequence = event.sequence,
+                error = %err,
+                "event does not deserialize; skipped by the publisher"
+            );
+            None
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The guarded values are plain counters and strings: a panic elsewhere cannot leave
+    // them half-written, so a poisoned lock is still safe to use.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skafu_domain::metrics::MetricUnit;
+
+    fn datum(namespace: &str, name: &str) -> Datum {
+        Datum {
+            namespace: namespace.into(),
+            name: name.into(),
+            value: 1.0,
+            unit: MetricUnit::Count,
+            timestamp: Utc::now(),
+            dimensions: vec![("ServiceName".into(), "svc".into())],
+            storage_resolution: 60,
+        }
+    }
+
+    #[test]
+    fn packing_keeps_each_origin_whole_and_respects_the_datum_limit() {
+        // 3 origins of 400 datums each: two fit a 1000-datum request, the third does not.
+        let mut datums = Vec::new();
+        for unit in 0..3 {
+            for i in 0..400 {
+                datums.push((unit, datum("Skafu", &format!("m{i}"))));
+            }
+        }
+        let requests = pack(datums);
+        let shape: Vec<Vec<(usize, usize)>> = requests
+            .iter()
+            .map(|r| r.parts.iter().map(|p| (p.unit, p.datums.len())).collect())
+            .collect();
+        assert_eq!(shape, vec![vec![(0, 400), (1, 400)], vec![(2, 400)]]);
+    }
+
+    #[test]
+    fn packing_separates_namespaces_and_splits_an_oversized_origin() {
+        let mut datums = vec![(0, datum("Skafu/CustomMetrics", "c"))];
+        for i in 0..1500 {
+            datums.push((1, datum("Skafu", &format!("m{i}"))));
+        }
+        datums.push((0, datum("Skafu", "s")));
+        let requests = pack(datums);
+        let shape: Vec<(String, Vec<(usize, usize)>)> = requests
+            .iter()
+            .map(|r| {
+                (
+                    r.namespace.clone(),
+                    r.parts.iter().map(|p| (p.unit, p.datums.len())).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                ("Skafu".to_string(), vec![(1, 1000)]),
+                ("Skafu".to_string(), vec![(1, 500)]),
+                ("Skafu".to_string(), vec![(0, 1)]),
+                ("Skafu/CustomMetrics".to_string(), vec![(0, 1)]),
+            ]
+        );
+        for request in &requests {
+            assert!(request.datums().len() <= cloudwatch::MAX_DATUMS_PER_REQUEST);
+        }
+    }
+
+    #[test]
+    fn backoff_grows_exponentially_within_jittered_bounds_and_caps() {
+        let base = Duration::from_millis(100);
+        let max = Duration::from_secs(5);
+        let mut rng = rand::thread_rng();
+        for (attempt, ceiling_ms) in [
+            (1, 100),
+            (2, 200),
+            (3, 400),
+            (6, 3200),
+            (7, 5000),
+            (40, 5000),
+        ] {
+            for _ in 0..50 {
+                let d = backoff(attempt, base, max, &mut rng).as_millis() as u64;
+                assert!(
+                    (ceiling_ms / 2..=ceiling_ms).contains(&d),
+                    "attempt {attempt}: {d} ms outside {}..={ceiling_ms}",
+                    ceiling_ms / 2
+                );
+            }
+        }
+    }
+}
