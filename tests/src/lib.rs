@@ -18,6 +18,8 @@
 //!
 //! Run: `cargo build -p skafu-infrastructure && cargo test -p skafu-tests`.
 
+pub mod aws;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -29,7 +31,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 use axum::Router;
 use serde_json::Value;
-use skafu_infrastructure::{Running, Settings};
+use skafu_infrastructure::publisher::PublisherSettings;
+use skafu_infrastructure::{AwsMode, Running, Settings};
 use sqlx::{Connection, Executor, PgConnection};
 
 /// Longest wait for anything that is eventually true (a scheduled run, a start-up).
@@ -173,6 +176,7 @@ pub struct TestApp {
     /// The running service; `None` once stopped.
     pub running: Option<Running>,
     scheduler: bool,
+    aws: AwsMode,
     store: TestStore,
 }
 
@@ -197,25 +201,46 @@ pub async fn spawn_app_without_scheduler(backend: Backend) -> TestApp {
 }
 
 async fn spawn_app_with(backend: Backend, scheduler: bool) -> TestApp {
+    spawn_app_configured(backend, scheduler, AwsMode::Off).await
+}
+
+/// Starts the service without its scheduler, publishing to the AWS emulator at
+/// `endpoint` (see [`aws::overrides`]).
+///
+/// # Panics
+///
+/// As [`spawn_app`], and when `endpoint` is not on loopback.
+pub async fn spawn_app_publishing(backend: Backend, endpoint: &str) -> TestApp {
+    let mode = AwsMode::With(aws::overrides(endpoint));
+    spawn_app_configured(backend, false, mode).await
+}
+
+async fn spawn_app_configured(backend: Backend, scheduler: bool, aws: AwsMode) -> TestApp {
     let store = TestStore::fresh(backend).await;
-    let running = start_in_process(&store.database_url, scheduler).await;
+    let running = start_in_process(&store.database_url, scheduler, aws.clone()).await;
     TestApp {
         addr: running.addr,
         client: http_client(),
         database_url: store.database_url.clone(),
         running: Some(running),
         scheduler,
+        aws,
         store,
     }
 }
 
-async fn start_in_process(database_url: &str, scheduler: bool) -> Running {
+async fn start_in_process(database_url: &str, scheduler: bool, aws: AwsMode) -> Running {
     let settings = Settings {
         bind: "127.0.0.1:0".parse().expect("a loopback address"),
         database_url: database_url.to_string(),
         scheduler,
-        aws: skafu_infrastructure::AwsMode::Off,
-        publisher: Default::default(),
+        aws,
+        // Short pauses, so that a test sees the backlog drain soon after an outage.
+        publisher: PublisherSettings {
+            backoff_base: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(1),
+            ..PublisherSettings::default()
+        },
     };
     skafu_infrastructure::start(settings)
         .await
@@ -284,7 +309,7 @@ impl TestApp {
     /// Starts the service again on the same store, on a new port.
     pub async fn restart(&mut self) {
         self.stop().await;
-        let running = start_in_process(&self.database_url, self.scheduler).await;
+        let running = start_in_process(&self.database_url, self.scheduler, self.aws.clone()).await;
         self.addr = running.addr;
         self.running = Some(running);
     }
@@ -545,6 +570,8 @@ fn binary_command(args: &[&str], log: &std::path::Path) -> tokio::process::Comma
         .args(args)
         .env_remove("DATABASE_URL")
         .env_remove("SKAFU_BIND")
+        // Only a test that asks for it publishes, and then only to its emulator.
+        .env("SKAFU_NO_AWS", "true")
         // The AWS SDK must never look for credentials on the instance metadata service.
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .stdin(Stdio::null())
@@ -570,16 +597,43 @@ pub struct ServiceProcess {
 ///
 /// When the binary is missing, exits, or does not answer within [`PATIENCE`].
 pub async fn spawn_binary(database_url: &str, log: &std::path::Path) -> ServiceProcess {
+    spawn_binary_with_env(database_url, log, &[]).await
+}
+
+/// Starts `skafu-observability serve` publishing to the AWS emulator at `endpoint`
+/// (see [`aws::binary_env`]); otherwise as [`spawn_binary`].
+///
+/// # Panics
+///
+/// As [`spawn_binary`], and when `endpoint` is not on loopback.
+pub async fn spawn_binary_publishing(
+    database_url: &str,
+    log: &std::path::Path,
+    endpoint: &str,
+) -> ServiceProcess {
+    spawn_binary_with_env(database_url, log, &aws::binary_env(endpoint)).await
+}
+
+async fn spawn_binary_with_env(
+    database_url: &str,
+    log: &std::path::Path,
+    env: &[(String, String)],
+) -> ServiceProcess {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port())
         .parse()
         .expect("a loopback address");
     let bind = addr.to_string();
-    let mut child = binary_command(
+    let mut command = binary_command(
         &["serve", "--bind", &bind, "--database-url", database_url],
         log,
-    )
-    .spawn()
-    .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary_path().display()));
+    );
+    if !env.is_empty() {
+        command.env_remove("SKAFU_NO_AWS").env_remove("AWS_PROFILE");
+        command.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    }
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary_path().display()));
     let client = http_client();
     let healthz = format!("http://{addr}/healthz");
     let deadline = tokio::time::Instant::now() + PATIENCE;
