@@ -304,7 +304,7 @@ impl SegmentParts {
         };
         fixed.insert(
             "service".into(),
-            json!({ "version": input.service_version }),
+            json!({ "name": input.service_name, "version": input.service_version }),
         );
         // Only a failed trace carries the flags: X-Ray consumers, moto's included, test
         // for the keys rather than their values.
@@ -625,7 +625,7 @@ mod tests {
                 "trace_id": TRACE_ID,
                 "start_time": 1796385600.125,
                 "end_time": 1796385600.375,
-                "service": { "version": "1.0" },
+                "service": { "name": "checkout", "version": "1.0" },
                 "annotations": { "operation": "POST /orders", "customer_tier": "gold" },
                 "metadata": { "default": {
                     "operation_name": "POST /orders",

@@ -1,0 +1,198 @@
+//! What moto cannot be made to do on demand: refuse one batch for good, or throttle.
+//! A small CloudWatch stand-in on loopback answers `PutMetricData` in the awsQuery
+//! protocol, refusing any request that carries a metric named `poison` and throttling
+//! the first requests when told to. Everything it accepts is kept for the assertions.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::post;
+use axum::Router;
+use serde_json::{json, Value};
+use skafu_tests::{eventually, spawn_app_publishing, Backend, TestApp};
+
+const NS: &str = "http://monitoring.amazonaws.com/doc/2010-08-01/";
+
+#[derive(Clone, Default)]
+struct FakeCloudWatch {
+    accepted: Arc<Mutex<Vec<String>>>,
+    refused: Arc<AtomicUsize>,
+    throttle_first: Arc<AtomicUsize>,
+}
+
+impl FakeCloudWatch {
+    async fn start(throttle_first: usize) -> (Self, String) {
+        let fake = Self::default();
+        fake.throttle_first.store(throttle_first, Ordering::SeqCst);
+        let state = fake.clone();
+        let router = Router::new().route(
+            "/",
+            post(move |body: String| {
+                let state = state.clone();
+                async move { state.answer(body) }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a free loopback port");
+        let addr = listener.local_addr().expect("a bound address");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        (fake, format!("http://{addr}"))
+    }
+
+    fn answer(&self, body: String) -> axum::response::Response {
+        let error = |status: StatusCode, code: &str, message: &str| {
+            let xml = format!(
+                "<ErrorResponse xmlns=\"{NS}\"><Error><Type>Sender</Type><Code>{code}</Code>\
+                 <Message>{message}</Message></Error><RequestId>r</RequestId></ErrorResponse>"
+            );
+            (status, [("content-type", "text/xml")], xml).into_response()
+        };
+        if self
+            .throttle_first
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return error(StatusCode::BAD_REQUEST, "Throttling", "Rate exceeded");
+        }
+        if body.contains("MetricName=poison") {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            return error(
+                StatusCode::BAD_REQUEST,
+                "InvalidParameterValue",
+                "poison is not welcome here",
+            );
+        }
+        self.accepted.lock().expect("not poisoned").push(body);
+        let xml = format!(
+            "<PutMetricDataResponse xmlns=\"{NS}\"><ResponseMetadata><RequestId>r</RequestId>\
+             </ResponseMetadata></PutMetricDataResponse>"
+        );
+        ([("content-type", "text/xml")], xml).into_response()
+    }
+
+    fn accepted_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .accepted
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .flat_map(|body| {
+                body.split('&')
+                    .filter_map(|pair| pair.split_once('='))
+                    .filter(|(key, _)| key.ends_with(".MetricName"))
+                    .map(|(_, value)| value.to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+async fn last_event(app: &TestApp, id: &str) -> Value {
+    let audit = app.get_ok(&format!("/v1/audit/Metrics/{id}")).await;
+    audit["events"]
+        .as_array()
+        .and_then(|events| events.last().cloned())
+        .unwrap_or_else(|| panic!("no events in {audit}"))
+}
+
+async fn record(app: &TestApp, name: &str) -> String {
+    let answer = app
+        .post_created(
+            "/v1/metrics",
+            json!({"service_name": "refusals",
+                   "metrics": [{"name": name, "value": 1.0, "unit": "Count"}]}),
+        )
+        .await;
+    answer["metrics_id"].as_str().expect("an id").to_string()
+}
+
+async fn drained(app: &TestApp) -> Option<Value> {
+    let publisher = app.get_ok("/healthz").await["publisher"].clone();
+    (publisher["backlog_events"] == 0).then_some(publisher)
+}
+
+async fn a_refused_batch_is_failed_and_the_stream_goes_on(backend: Backend) {
+    let (fake, endpoint) = FakeCloudWatch::start(0).await;
+    let app = spawn_app_publishing(backend, &endpoint).await;
+
+    let before = record(&app, "before").await;
+    let poison = record(&app, "poison").await;
+    let after = record(&app, "after").await;
+
+    let status = eventually("the publisher to drain", || drained(&app)).await;
+    assert_eq!(status["failures"], 1, "{status}");
+    assert_eq!(fake.accepted_names(), vec!["after", "before"]);
+    assert!(fake.refused.load(Ordering::SeqCst) >= 1);
+
+    for id in [&before, &after] {
+        assert_eq!(last_event(&app, id).await["event_type"], "MetricsPublished");
+    }
+    let failed = last_event(&app, &poison).await;
+    assert_eq!(failed["event_type"], "MetricsPublishFailed");
+    let reason = failed["payload"]["MetricsPublishFailed"]["reason"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no reason in {failed}"));
+    assert!(
+        reason.contains("InvalidParameterValue") && reason.contains("poison is not welcome"),
+        "{reason}"
+    );
+
+    // The stream is not blocked: a later batch goes through.
+    let later = record(&app, "later").await;
+    eventually("the later batch to be published", || async {
+        (last_event(&app, &later).await["event_type"] == "MetricsPublished").then_some(())
+    })
+    .await;
+    assert_eq!(fake.accepted_names(), vec!["after", "before", "later"]);
+    app.finish().await;
+}
+
+async fn throttling_is_retried_until_it_passes(backend: Backend) {
+    let (fake, endpoint) = FakeCloudWatch::start(3).await;
+    let app = spawn_app_publishing(backend, &endpoint).await;
+
+    let id = record(&app, "patient").await;
+
+    let status = eventually("the publisher to drain", || drained(&app)).await;
+    assert_eq!(status["failures"], 0, "{status}");
+    assert_eq!(status["retries"], 3, "{status}");
+    let last_error = status["last_error"].as_str().unwrap_or_default();
+    assert!(last_error.contains("Throttling"), "{status}");
+    // Sent once it passed, and only once.
+    assert_eq!(fake.accepted_names(), vec!["patient"]);
+    assert_eq!(
+        last_event(&app, &id).await["event_type"],
+        "MetricsPublished"
+    );
+    app.finish().await;
+}
+
+macro_rules! both {
+    ($($name:ident),+) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn on_sqlite() {
+                    super::$name(skafu_tests::Backend::Sqlite).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn on_postgres() {
+                    super::$name(skafu_tests::Backend::Postgres).await;
+                }
+            }
+        )+
+    };
+}
+
+both!(
+    a_refused_batch_is_failed_and_the_stream_goes_on,
+    throttling_is_retried_until_it_passes
+);
