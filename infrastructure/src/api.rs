@@ -68,6 +68,8 @@ pub enum ApiError {
     },
     /// 413.
     TooLarge,
+    /// 405: the route exists, the method does not.
+    MethodNotAllowed,
     /// Anything from a use case.
     App(AppError),
     /// 500 from a query.
@@ -100,6 +102,12 @@ impl IntoResponse for ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
                 format!("the body exceeds {MAX_BODY_BYTES} bytes"),
+                None,
+            ),
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not accept this method".to_string(),
                 None,
             ),
             ApiError::App(AppError::Invalid(e)) => (
@@ -233,6 +241,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/dashboard", get(dashboard))
         .route("/v1/audit/{aggregate_type}/{aggregate_id}", get(audit))
         .fallback(|| async { not_found("route") })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }

@@ -570,6 +570,26 @@ async fn query_parameters_get_the_error_shape_and_name_the_parameter(app: &TestA
     }
 }
 
+async fn a_wrong_method_or_route_gets_the_error_shape(app: &TestApp) {
+    // Found as an empty 405 body: every error must carry the documented shape.
+    let (status, answer) = app.get("/v1/performance").await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{answer}");
+    assert_eq!(answer["error"]["code"], "method_not_allowed");
+    let allow = app
+        .client
+        .delete(app.url("/v1/metrics"))
+        .send()
+        .await
+        .expect("an answer");
+    assert_eq!(allow.status().as_u16(), 405);
+    assert_eq!(allow.headers()["allow"], "POST");
+
+    let (status, answer) = app.get("/v1/no-such-thing").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
+    assert_eq!(answer["error"]["code"], "not_found");
+    assert_eq!(app.event_count().await, 0);
+}
+
 skafu_tests::on_both_backends!(
     malformed_json_is_a_bad_request,
     a_value_of_the_wrong_type_is_a_bad_request_naming_the_field,
@@ -583,6 +603,7 @@ skafu_tests::on_both_backends!(
     a_body_over_one_mebibyte_is_too_large,
     a_batch_over_the_cloudwatch_limit_is_refused_whole,
     query_parameters_get_the_error_shape_and_name_the_parameter,
+    a_wrong_method_or_route_gets_the_error_shape,
 );
 
 // The scheduler stays off here: should validation ever let a metadata address through,
