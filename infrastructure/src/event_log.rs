@@ -251,3 +251,48 @@ pub async fn backlog(store: &Store, at: Checkpoint) -> Result<(i64, Option<i64>)
     .await?;
     Ok((row.try_get("backlog")?, row.try_get("oldest")?))
 }
+
+/// Takes or renews the lease on the row `name` of `checkpoints` for `owner`, for
+/// `lease` from now; returns whether `owner` holds it. A lease is how one of several
+/// instances sharing a database becomes the only one doing a job (publishing,
+/// scheduling checks) without holding a transaction open while it works. It relies on
+/// the instances' clocks agreeing to well within `lease`.
+///
+/// # Errors
+///
+/// Any database error.
+pub async fn acquire_lease(
+    store: &Store,
+    name: &str,
+    owner: &str,
+    lease: std::time::Duration,
+) -> Result<bool, sqlx::Error> {
+    let now = chrono::Utc::now().timestamp_millis();
+    let until = now + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
+    let done = sqlx::query(
+        "UPDATE checkpoints SET owner = $2, lease_until_ms = $3 WHERE name = $1 \
+         AND (owner IS NULL OR owner = $2 OR lease_until_ms < $4)",
+    )
+    .bind(name)
+    .bind(owner)
+    .bind(until)
+    .bind(now)
+    .execute(&store.pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Gives up `owner`'s lease on `name`, so that another instance need not wait for it
+/// to expire.
+///
+/// # Errors
+///
+/// Any database error.
+pub async fn release_lease(store: &Store, name: &str, owner: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE checkpoints SET owner = NULL WHERE name = $1 AND owner = $2")
+        .bind(name)
+        .bind(owner)
+        .execute(&store.pool)
+        .await?;
+    Ok(())
+}

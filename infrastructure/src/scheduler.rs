@@ -3,11 +3,10 @@
 //! Due checks are found from the read model (last run plus interval); each runs in its
 //! own task, at most [`MAX_CONCURRENT`] at a time, and a check never overlaps itself.
 //!
-//! # Limitations
-//!
-//! Every instance sharing a database schedules every check, so N instances run each
-//! check up to N times per interval. Leader election over the shared database is the
-//! intended fix.
+//! Several instances may share a database: only the one holding the scheduler's lease
+//! (a row of `checkpoints`, see [`event_log::acquire_lease`]) runs scheduled checks, so a
+//! check runs once per interval however many instances there are. When the holder
+//! dies, another takes over within [`LEASE`].
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -25,6 +24,10 @@ use crate::read_models;
 /// Most checks running at once.
 pub const MAX_CONCURRENT: usize = 32;
 const TICK: Duration = Duration::from_millis(500);
+/// Name of the scheduler's lease row.
+pub const SCHEDULER: &str = "health_scheduler";
+/// How long the scheduler's lease lasts without renewal (it is renewed every tick).
+pub const LEASE: Duration = Duration::from_secs(10);
 
 /// Runs until `shutdown` turns true.
 pub async fn run(
@@ -35,8 +38,24 @@ pub async fn run(
 ) {
     let running: Arc<Mutex<HashSet<String>>> = Arc::default();
     let permits = Arc::new(Semaphore::new(MAX_CONCURRENT));
+    let owner = uuid::Uuid::new_v4().to_string();
+    if let Err(err) = event_log::ensure_checkpoint(&store, SCHEDULER).await {
+        tracing::warn!(error = %err, "cannot create the scheduler's lease row");
+    }
     loop {
-        match read_models::health_checks(&store).await {
+        let leader = match event_log::acquire_lease(&store, SCHEDULER, &owner, LEASE).await {
+            Ok(leader) => leader,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot renew the scheduler's lease");
+                false
+            }
+        };
+        let checks = if leader {
+            read_models::health_checks(&store).await
+        } else {
+            Ok(Vec::new())
+        };
+        match checks {
             Ok(views) => {
                 let now = Utc::now();
                 for view in views {
@@ -86,6 +105,9 @@ pub async fn run(
             _ = shutdown.changed() => {}
         }
         if *shutdown.borrow() {
+            if let Err(err) = event_log::release_lease(&store, SCHEDULER, &owner).await {
+                tracing::warn!(error = %err, "scheduler lease not released; it expires by itself");
+            }
             return;
         }
     }
