@@ -53,7 +53,7 @@ async fn publisher_drained(app: &TestApp) -> Option<Value> {
 async fn metrics_arrive_with_their_mapping(backend: Backend) {
     let endpoint = shared_endpoint();
     let aws = clients(&endpoint).await;
-    let mut app = spawn_app_publishing(backend, &endpoint).await;
+    let app = spawn_app_publishing(backend, &endpoint).await;
     let service = run_service("e2e-metrics");
 
     let recorded = app
