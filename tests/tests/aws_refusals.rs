@@ -18,6 +18,7 @@ const NS: &str = "http://monitoring.amazonaws.com/doc/2010-08-01/";
 #[derive(Clone, Default)]
 struct FakeCloudWatch {
     accepted: Arc<Mutex<Vec<String>>>,
+    segments: Arc<Mutex<Vec<Value>>>,
     refused: Arc<AtomicUsize>,
     throttle_first: Arc<AtomicUsize>,
 }
@@ -27,13 +28,22 @@ impl FakeCloudWatch {
         let fake = Self::default();
         fake.throttle_first.store(throttle_first, Ordering::SeqCst);
         let state = fake.clone();
-        let router = Router::new().route(
-            "/",
-            post(move |body: String| {
-                let state = state.clone();
-                async move { state.answer(body) }
-            }),
-        );
+        let segments = fake.clone();
+        let router = Router::new()
+            .route(
+                "/",
+                post(move |body: String| {
+                    let state = state.clone();
+                    async move { state.answer(body) }
+                }),
+            )
+            .route(
+                "/TraceSegments",
+                post(move |body: String| {
+                    let state = segments.clone();
+                    async move { state.answer_segments(&body) }
+                }),
+            );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("a free loopback port");
@@ -73,6 +83,28 @@ impl FakeCloudWatch {
              </ResponseMetadata></PutMetricDataResponse>"
         );
         ([("content-type", "text/xml")], xml).into_response()
+    }
+
+    /// X-Ray's `PutTraceSegments` (rest-json): a document of the service `poison` is
+    /// reported unprocessed inside a 200 answer, as X-Ray does for an invalid segment.
+    fn answer_segments(&self, body: &str) -> axum::response::Response {
+        let request: Value = serde_json::from_str(body).expect("a JSON request");
+        let mut unprocessed = Vec::new();
+        for doc in request["TraceSegmentDocuments"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let doc: Value = serde_json::from_str(doc.as_str().unwrap_or("null"))
+                .expect("a JSON segment document");
+            if doc["name"] == "poison" {
+                unprocessed.push(json!({"Id": doc["id"], "ErrorCode": "InvalidSegment",
+                                        "Message": "segment refused by the test"}));
+            } else {
+                self.segments.lock().expect("not poisoned").push(doc);
+            }
+        }
+        axum::Json(json!({"UnprocessedTraceSegments": unprocessed})).into_response()
     }
 
     fn accepted_names(&self) -> Vec<String> {
@@ -174,6 +206,49 @@ async fn throttling_is_retried_until_it_passes(backend: Backend) {
     app.finish().await;
 }
 
+async fn trace(app: &TestApp, service: &str) -> String {
+    let started = app
+        .post_created(
+            "/v1/traces",
+            json!({"service_name": service, "operation_name": "op"}),
+        )
+        .await;
+    let id = started["trace_id"]
+        .as_str()
+        .expect("a trace id")
+        .to_string();
+    let (status, answer) = app
+        .post(&format!("/v1/traces/{id}/complete"), json!({}))
+        .await;
+    assert!(status.is_success(), "{answer}");
+    id
+}
+
+async fn a_segment_x_ray_reports_unprocessed_is_failed_not_lost(backend: Backend) {
+    let (fake, endpoint) = FakeCloudWatch::start(0).await;
+    let app = spawn_app_publishing(backend, &endpoint).await;
+
+    let good = trace(&app, "orders").await;
+    trace(&app, "poison").await;
+    let also_good = trace(&app, "billing").await;
+
+    let status = eventually("the publisher to drain", || drained(&app)).await;
+    assert_eq!(status["failures"], 1, "{status}");
+    assert_eq!(status["segments_published"], 2, "{status}");
+    let mut sent: Vec<String> = fake
+        .segments
+        .lock()
+        .expect("not poisoned")
+        .iter()
+        .map(|doc| doc["trace_id"].as_str().unwrap_or_default().to_string())
+        .collect();
+    sent.sort();
+    let mut expected = vec![good, also_good];
+    expected.sort();
+    assert_eq!(sent, expected);
+    app.finish().await;
+}
+
 macro_rules! both {
     ($($name:ident),+) => {
         $(
@@ -194,5 +269,6 @@ macro_rules! both {
 
 both!(
     a_refused_batch_is_failed_and_the_stream_goes_on,
-    throttling_is_retried_until_it_passes
+    throttling_is_retried_until_it_passes,
+    a_segment_x_ray_reports_unprocessed_is_failed_not_lost
 );
