@@ -240,29 +240,11 @@ impl Publisher {
 
     /// Takes or renews the lease; returns whether this instance holds it.
     async fn acquire(&self) -> Result<bool, sqlx::Error> {
-        let now = Utc::now().timestamp_millis();
-        let until = now + LEASE.as_millis() as i64;
-        let done = sqlx::query(
-            "UPDATE checkpoints SET owner = $2, lease_until_ms = $3 WHERE name = $1 \
-             AND (owner IS NULL OR owner = $2 OR lease_until_ms < $4)",
-        )
-        .bind(PUBLISHER)
-        .bind(&self.owner)
-        .bind(until)
-        .bind(now)
-        .execute(&self.store.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        event_log::acquire_lease(&self.store, PUBLISHER, &self.owner, LEASE).await
     }
 
     async fn release(&self) {
-        let released =
-            sqlx::query("UPDATE checkpoints SET owner = NULL WHERE name = $1 AND owner = $2")
-                .bind(PUBLISHER)
-                .bind(&self.owner)
-                .execute(&self.store.pool)
-                .await;
-        if let Err(err) = released {
+        if let Err(err) = event_log::release_lease(&self.store, PUBLISHER, &self.owner).await {
             tracing::warn!(error = %err, "publisher lease not released; it expires by itself");
         }
     }
