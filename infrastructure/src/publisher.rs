@@ -12,10 +12,10 @@
 //!   sent and `MetricsPublished` right after the request that carried its last datum; a
 //!   resend skips batches already published. X-Ray segments have ids derived from the
 //!   trace, so a resent trace overwrites itself. What can still be counted twice in
-//!   CloudWatch: a request whose answer was lost (a crash between AWS accepting it and
-//!   `MetricsPublished` being stored, a few milliseconds), the standard datums of a batch
-//!   whose custom datums went in the next request, and the health-check datums of the
-//!   window in flight at the crash.
+//!   CloudWatch: the batches of one request whose `MetricsPublished` commits had not
+//!   happened at a crash; a request that timed out or lost its answer although AWS
+//!   processed it (it is sent again); the standard datums of a batch whose custom datums
+//!   went in a later request; and the health-check datums of the window in flight.
 //! - **Not blocked by bad data.** A request AWS refuses for good is split so that only
 //!   the offending batch, health result or trace is recorded as failed (in the
 //!   `MetricsPublishFailed` event for batches, in `publish_failures` for all); the stream
@@ -54,8 +54,6 @@ use crate::event_log::{self, Checkpoint, StoredEvent};
 pub const PUBLISHER: &str = "aws_publisher";
 /// Most events read per window.
 pub const WINDOW: i64 = 1000;
-/// How long a lease lasts without renewal.
-const LEASE: Duration = Duration::from_secs(30);
 /// How often the publisher looks for new events when nobody woke it.
 const POLL: Duration = Duration::from_millis(200);
 /// Upper bound of one AWS call, whatever the SDK's own timeouts are: a frozen endpoint
@@ -73,6 +71,10 @@ pub struct PublisherSettings {
     pub backoff_max: Duration,
     /// `service.version` of the X-Ray segments.
     pub service_version: String,
+    /// How long the publisher's lease lasts without renewal. It is renewed at least after
+    /// every AWS call, so it only needs to outlast one call and one window's status
+    /// commands; after a crash, a restarted instance waits this long before publishing.
+    pub lease: Duration,
 }
 
 impl Default for PublisherSettings {
@@ -81,6 +83,7 @@ impl Default for PublisherSettings {
             backoff_base: Duration::from_millis(200),
             backoff_max: Duration::from_secs(20),
             service_version: env!("CARGO_PKG_VERSION").to_string(),
+            lease: Duration::from_secs(10),
         }
     }
 }
@@ -108,7 +111,7 @@ struct Stats {
     failed: AtomicU64,
     leader: AtomicBool,
     retrying: AtomicBool,
-    last_error: Mutex<Option<String>>,
+    last_error: Mutex<Option<(String, DateTime<Utc>)>>,
     last_success: Mutex<Option<DateTime<Utc>>>,
 }
 
@@ -240,7 +243,7 @@ impl Publisher {
 
     /// Takes or renews the lease; returns whether this instance holds it.
     async fn acquire(&self) -> Result<bool, sqlx::Error> {
-        event_log::acquire_lease(&self.store, PUBLISHER, &self.owner, LEASE).await
+        event_log::acquire_lease(&self.store, PUBLISHER, &self.owner, self.settings.lease).await
     }
 
     async fn release(&self) {
@@ -495,13 +498,25 @@ impl Publisher {
                 .await?
             {
                 Ok(()) => {
-                    let sent = request.parts.iter().map(|p| p.datums.len()).sum::<usize>();
-                    self.stats.datums.fetch_add(sent as u64, Ordering::Relaxed);
+                    let mut done = Vec::new();
                     for part in &request.parts {
                         outstanding[part.unit] -= 1;
                         if outstanding[part.unit] == 0 && !failed[part.unit] {
-                            self.confirm(&units[part.unit]).await?;
+                            done.push(units[part.unit].clone());
                         }
+                    }
+                    // Confirm at once and together: until these commits, a crash resends
+                    // the batches and CloudWatch counts them twice.
+                    let confirmed: Vec<Result<(), WindowError>> = futures::stream::iter(done)
+                        .map(|origin| async move { self.confirm(&origin).await })
+                        .buffer_unordered(STATUS_CONCURRENCY)
+                        .collect()
+                        .await;
+                    confirmed.into_iter().collect::<Result<(), _>>()?;
+                    let sent = request.parts.iter().map(|p| p.datums.len()).sum::<usize>();
+                    self.stats.datums.fetch_add(sent as u64, Ordering::Relaxed);
+                    if !self.acquire().await? {
+                        return Err(WindowError::LostLease);
                     }
                 }
                 Err(reason) if request.parts.len() > 1 => {
@@ -691,7 +706,7 @@ impl Publisher {
     }
 
     fn note_error(&self, reason: &str) {
-        *lock(&self.stats.last_error) = Some(reason.to_string());
+        *lock(&self.stats.last_error) = Some((reason.to_string(), Utc::now()));
     }
 
     /// What `/healthz` shows: lag, backlog, counters and the last error.
@@ -708,6 +723,7 @@ impl Publisher {
                 .await?;
         let now = Utc::now().timestamp_millis();
         let stats = &self.stats;
+        let last_error = lock(&stats.last_error).clone();
         Ok(json!({
             "enabled": true,
             "leader": stats.leader.load(Ordering::Relaxed),
@@ -720,7 +736,8 @@ impl Publisher {
             "retries": stats.retries.load(Ordering::Relaxed),
             "retrying": stats.retrying.load(Ordering::Relaxed),
             "failures": failures,
-            "last_error": lock(&stats.last_error).clone(),
+            "last_error": last_error.as_ref().map(|(reason, _)| reason),
+            "last_error_at": last_error.as_ref().map(|(_, at)| at),
             "last_success": *lock(&stats.last_success),
         }))
     }
