@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::PersistedEventRepository;
 use cqrs_es::{Aggregate, AggregateError, CqrsFramework, EventStore};
 use rand::Rng;
@@ -33,6 +34,7 @@ pub struct Observability<R: PersistedEventRepository> {
     traces: CqrsFramework<Trace, SnapshotStore<R, Trace>>,
     health: CqrsFramework<HealthCheck, SnapshotStore<R, HealthCheck>>,
     health_store: SnapshotStore<R, HealthCheck>,
+    metrics_store: SnapshotStore<R, Metrics>,
     probe: Arc<dyn HealthProbe>,
 }
 
@@ -116,7 +118,8 @@ impl<R: PersistedEventRepository + 'static> Observability<R> {
                 vec![],
                 (),
             ),
-            health_store: SnapshotStore::new(repo, snapshots, SNAPSHOT_EVERY),
+            health_store: SnapshotStore::new(repo.clone(), snapshots.clone(), SNAPSHOT_EVERY),
+            metrics_store: SnapshotStore::new(repo, snapshots, 0),
             probe,
         }
     }
@@ -234,6 +237,64 @@ impl<R: PersistedEventRepository + 'static> Observability<R> {
         command: MetricsCommand,
     ) -> Result<(), AppError> {
         execute(&self.metrics, metrics_id, command).await
+    }
+
+    /// Applies publishing-status commands to many batches with one commit, and returns
+    /// each command's outcome in order. A command the batch refuses (already published,
+    /// unknown) fails alone; when another writer raced for one of the batches, the
+    /// commands are applied one by one instead.
+    pub async fn update_metrics_statuses(
+        &self,
+        commands: Vec<(String, MetricsCommand)>,
+    ) -> Vec<Result<(), AppError>> {
+        let mut results: Vec<Option<Result<(), AppError>>> =
+            commands.iter().map(|_| None).collect();
+        let mut changes = Vec::new();
+        let mut changed = Vec::new();
+        for (i, (id, command)) in commands.iter().enumerate() {
+            let mut context = match self.metrics_store.load_aggregate(id).await {
+                Ok(context) => context,
+                Err(err) => {
+                    results[i] = Some(Err(from_aggregate(err, Into::into)));
+                    continue;
+                }
+            };
+            let sink = EventSink::default();
+            if let Err(err) = context.aggregate.handle(command.clone(), &(), &sink).await {
+                results[i] = Some(Err(err.into()));
+                continue;
+            }
+            let events = sink.collect().await;
+            if events.is_empty() {
+                results[i] = Some(Ok(()));
+            } else {
+                changes.push((context, events));
+                changed.push(i);
+            }
+        }
+        match self.metrics_store.commit_all(changes).await {
+            Ok(()) => {
+                for i in changed {
+                    results[i] = Some(Ok(()));
+                }
+            }
+            Err(AggregateError::AggregateConflict) => {
+                for i in changed {
+                    let (id, command) = &commands[i];
+                    results[i] = Some(execute(&self.metrics, id, command.clone()).await);
+                }
+            }
+            Err(err) => {
+                let message = err.to_string();
+                for i in changed {
+                    results[i] = Some(Err(AppError::Internal(message.clone())));
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(AppError::Internal("no outcome".into()))))
+            .collect()
     }
 
     /// Starts a trace, with the caller's id when given, and returns the id.

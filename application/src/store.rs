@@ -43,6 +43,49 @@ impl<R, A> SnapshotStore<R, A> {
     }
 }
 
+impl<R, A> SnapshotStore<R, A>
+where
+    R: PersistedEventRepository,
+    A: Aggregate + Send + Sync,
+{
+    /// Commits the new events of several aggregates at once: the repositories write one
+    /// call's events in one transaction, so either all are stored or none (a conflict on
+    /// any aggregate fails the whole call). One commit instead of one per aggregate is
+    /// what lets the publisher record the status of many batches cheaply.
+    ///
+    /// Snapshots are not taken here; the store must have them turned off.
+    ///
+    /// # Errors
+    ///
+    /// [`AggregateError::AggregateConflict`] when another writer got to one of the
+    /// aggregates first; other errors from the repository.
+    pub async fn commit_all(
+        &self,
+        changes: Vec<(EventStoreAggregateContext<A>, Vec<A::Event>)>,
+    ) -> Result<(), AggregateError<A::Error>> {
+        debug_assert_eq!(self.snapshot_every, 0, "commit_all takes no snapshots");
+        let mut serialized = Vec::new();
+        for (context, events) in changes {
+            for (payload, sequence) in events.into_iter().zip(context.current_sequence + 1..) {
+                serialized.push(SerializedEvent::new(
+                    context.aggregate_id.clone(),
+                    sequence,
+                    A::TYPE.to_string(),
+                    payload.event_type(),
+                    payload.event_version(),
+                    serde_json::to_value(&payload).map_err(PersistenceError::from)?,
+                    serde_json::Value::Object(serde_json::Map::new()),
+                ));
+            }
+        }
+        if serialized.is_empty() {
+            return Ok(());
+        }
+        self.repo.persist::<A>(&serialized, None).await?;
+        Ok(())
+    }
+}
+
 fn deserialize<A: Aggregate>(
     events: Vec<SerializedEvent>,
 ) -> Result<Vec<EventEnvelope<A>>, AggregateError<A::Error>> {

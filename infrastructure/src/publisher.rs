@@ -32,7 +32,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
-use futures::StreamExt;
 use rand::Rng;
 use serde_json::{json, Value};
 use skafu_application::service::Observability;
@@ -59,8 +58,6 @@ const POLL: Duration = Duration::from_millis(200);
 /// Upper bound of one AWS call, whatever the SDK's own timeouts are: a frozen endpoint
 /// must not stall the publisher forever.
 const CALL_TIMEOUT: Duration = Duration::from_secs(20);
-/// Status commands run at once per window.
-const STATUS_CONCURRENCY: usize = 8;
 
 /// Tunables of the publisher.
 #[derive(Debug, Clone)]
@@ -435,19 +432,18 @@ impl Publisher {
         mut datums: Vec<(usize, Datum)>,
         shutdown: &watch::Receiver<bool>,
     ) -> Result<(), WindowError> {
-        // Start publishing every batch; one already published or failed is skipped.
-        let started: Vec<(String, Metrics, Result<(), AppError>)> = futures::stream::iter(batches)
-            .map(|(id, batch)| async move {
-                let at = Utc::now();
-                let result = self
-                    .app
-                    .update_metrics_status(&id, MetricsCommand::PublishMetrics { at })
-                    .await;
-                (id, batch, result)
-            })
-            .buffered(STATUS_CONCURRENCY)
-            .collect()
-            .await;
+        // Start publishing every batch, in one commit; one already published or failed
+        // is skipped.
+        let at = Utc::now();
+        let commands = batches
+            .iter()
+            .map(|(id, _)| (id.clone(), MetricsCommand::PublishMetrics { at }))
+            .collect();
+        let results = self.app.update_metrics_statuses(commands).await;
+        let started = batches
+            .into_iter()
+            .zip(results)
+            .map(|((id, batch), result)| (id, batch, result));
         let now = Utc::now();
         for (id, batch, result) in started {
             match result {
@@ -502,17 +498,14 @@ impl Publisher {
                     for part in &request.parts {
                         outstanding[part.unit] -= 1;
                         if outstanding[part.unit] == 0 && !failed[part.unit] {
-                            done.push(units[part.unit].clone());
+                            if let Origin::Batch(id) = &units[part.unit] {
+                                done.push(id.clone());
+                            }
                         }
                     }
-                    // Confirm at once and together: until these commits, a crash resends
-                    // the batches and CloudWatch counts them twice.
-                    let confirmed: Vec<Result<(), WindowError>> = futures::stream::iter(done)
-                        .map(|origin| async move { self.confirm(&origin).await })
-                        .buffer_unordered(STATUS_CONCURRENCY)
-                        .collect()
-                        .await;
-                    confirmed.into_iter().collect::<Result<(), _>>()?;
+                    // Confirm at once and in one commit: until it is stored, a crash
+                    // resends these batches and CloudWatch counts them twice.
+                    self.confirm(done).await?;
                     let sent = request.parts.iter().map(|p| p.datums.len()).sum::<usize>();
                     self.stats.datums.fetch_add(sent as u64, Ordering::Relaxed);
                     if !self.acquire().await? {
@@ -542,12 +535,18 @@ impl Publisher {
         Ok(())
     }
 
-    async fn confirm(&self, origin: &Origin) -> Result<(), WindowError> {
-        if let Origin::Batch(id) = origin {
-            let at = Utc::now();
-            self.app
-                .update_metrics_status(id, MetricsCommand::ConfirmPublished { at })
-                .await?;
+    async fn confirm(&self, batches: Vec<String>) -> Result<(), WindowError> {
+        let at = Utc::now();
+        let commands = batches
+            .into_iter()
+            .map(|id| (id, MetricsCommand::ConfirmPublished { at }))
+            .collect();
+        for result in self.app.update_metrics_statuses(commands).await {
+            match result {
+                // Confirming is idempotent; a batch that vanished has nothing to confirm.
+                Ok(()) | Err(AppError::NotFound(_)) => {}
+                Err(err) => return Err(err.into()),
+            }
         }
         Ok(())
     }
