@@ -42,6 +42,27 @@ pub struct StoredEvent {
     pub metadata: Value,
 }
 
+impl StoredEvent {
+    /// Deserializes the payload. An event that no longer parses is logged and skipped,
+    /// so that one bad row cannot stop a reader; `reader` names it in the log.
+    pub fn parse<E: serde::de::DeserializeOwned>(&self, reader: &str) -> Option<E> {
+        match serde_json::from_value(self.payload.clone()) {
+            Ok(e) => Some(e),
+            Err(err) => {
+                tracing::error!(
+                    aggregate_type = %self.aggregate_type,
+                    aggregate_id = %self.aggregate_id,
+                    sequence = self.sequence,
+                    reader,
+                    error = %err,
+                    "event does not deserialize; skipped"
+                );
+                None
+            }
+        }
+    }
+}
+
 const SELECT_EVENTS: &str = "SELECT l.tx_id, l.position, l.recorded_at_ms, e.aggregate_type, \
      e.aggregate_id, e.sequence, e.event_type, e.event_version, \
      CAST(e.payload AS TEXT) AS payload, CAST(e.metadata AS TEXT) AS metadata \

@@ -80,7 +80,7 @@ impl Changes {
         let id = event.aggregate_id.as_str();
         match event.aggregate_type.as_str() {
             "HealthCheck" => {
-                let Some(payload) = parse::<HealthCheckEvent>(event) else {
+                let Some(payload) = event.parse::<HealthCheckEvent>(PROJECTOR) else {
                     return Ok(());
                 };
                 if !self.health.contains_key(id) {
@@ -97,7 +97,7 @@ impl Changes {
                 }
             }
             "Trace" => {
-                let Some(payload) = parse::<TraceEvent>(event) else {
+                let Some(payload) = event.parse::<TraceEvent>(PROJECTOR) else {
                     return Ok(());
                 };
                 if !self.traces.contains_key(id) {
@@ -110,7 +110,7 @@ impl Changes {
                 }
             }
             "Metrics" => {
-                let Some(payload) = parse::<MetricsEvent>(event) else {
+                let Some(payload) = event.parse::<MetricsEvent>(PROJECTOR) else {
                     return Ok(());
                 };
                 if let Some(view) = MetricBatchView::open(id, &payload) {
@@ -232,24 +232,6 @@ impl Changes {
 fn to_json<T: serde::Serialize>(value: &T) -> String {
     // Views are plain data with string keys: serializing them cannot fail.
     serde_json::to_string(value).unwrap_or_default()
-}
-
-/// Deserializes an event; one that no longer parses is logged and skipped, so one bad
-/// row cannot stop every read model.
-fn parse<E: serde::de::DeserializeOwned>(event: &StoredEvent) -> Option<E> {
-    match serde_json::from_value(event.payload.clone()) {
-        Ok(e) => Some(e),
-        Err(err) => {
-            tracing::error!(
-                aggregate_type = %event.aggregate_type,
-                aggregate_id = %event.aggregate_id,
-                sequence = event.sequence,
-                error = %err,
-                "event does not deserialize; skipped by the projector"
-            );
-            None
-        }
-    }
 }
 
 impl Projector {

@@ -301,7 +301,7 @@ impl Publisher {
         for event in events {
             match event.aggregate_type.as_str() {
                 "Metrics" => {
-                    let Some(payload) = parse::<MetricsEvent>(event) else {
+                    let Some(payload) = event.parse::<MetricsEvent>(PUBLISHER) else {
                         continue;
                     };
                     let id = &event.aggregate_id;
@@ -321,7 +321,7 @@ impl Publisher {
                     }
                 }
                 "HealthCheck" => {
-                    let Some(payload) = parse::<HealthCheckEvent>(event) else {
+                    let Some(payload) = event.parse::<HealthCheckEvent>(PUBLISHER) else {
                         continue;
                     };
                     let (status, response_time_ms, at) = match payload {
@@ -361,7 +361,9 @@ impl Publisher {
                     plan.datums.extend(datums.into_iter().map(|d| (unit, d)));
                 }
                 "Trace" => {
-                    if let Some(TraceEvent::TraceCompleted { .. }) = parse::<TraceEvent>(event) {
+                    if let Some(TraceEvent::TraceCompleted { .. }) =
+                        event.parse::<TraceEvent>(PUBLISHER)
+                    {
                         plan.traces
                             .push((event.aggregate_id.clone(), event.sequence));
                     }
@@ -375,7 +377,7 @@ impl Publisher {
                 let history = event_log::aggregate_history(&self.store, "Metrics", last).await?;
                 let mut whole = Metrics::default();
                 for event in &history {
-                    if let Some(payload) = parse::<MetricsEvent>(event) {
+                    if let Some(payload) = event.parse::<MetricsEvent>(PUBLISHER) {
                         whole.apply(payload);
                     }
                 }
@@ -617,7 +619,7 @@ impl Publisher {
         shutdown: &watch::Receiver<bool>,
     ) -> Result<(), WindowError> {
         let history = event_log::aggregate_history(&self.store, "Trace", trace_id).await?;
-        let events: Vec<TraceEvent> = history.iter().filter_map(parse).collect();
+        let events: Vec<TraceEvent> = history.iter().filter_map(|e| e.parse(PUBLISHER)).collect();
         let Some(trace) =
             TraceForXray::from_events(trace_id, &self.settings.service_version, &events)
         else {
@@ -828,22 +830,6 @@ fn backoff(attempt: u32, base: Duration, max: Duration, rng: &mut impl Rng) -> D
     let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
     let ceiling = exp.min(max).as_millis().max(1) as u64;
     Duration::from_millis(rng.gen_range(ceiling / 2..=ceiling))
-}
-
-fn parse<E: serde::de::DeserializeOwned>(event: &StoredEvent) -> Option<E> {
-    match serde_json::from_value(event.payload.clone()) {
-        Ok(e) => Some(e),
-        Err(err) => {
-            tracing::error!(
-                aggregate_type = %event.aggregate_type,
-                aggregate_id = %event.aggregate_id,
-                sequence = event.sequence,
-                error = %err,
-                "event does not deserialize; skipped by the publisher"
-            );
-            None
-        }
-    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -299,6 +299,13 @@ impl TestApp {
             .unwrap_or_else(|| panic!("/healthz has no event count: {health}"))
     }
 
+    /// The publisher's part of `/healthz` once it has handled every event in the log,
+    /// `None` before.
+    pub async fn publisher_drained(&self) -> Option<Value> {
+        let publisher = self.get_ok("/healthz").await["publisher"].clone();
+        (publisher["backlog_events"] == 0).then_some(publisher)
+    }
+
     /// Stops the service (finishing in-flight requests); the store is kept.
     pub async fn stop(&mut self) {
         if let Some(running) = self.running.take() {
@@ -441,6 +448,28 @@ macro_rules! on_both_backends {
     };
     ($($scenario:ident),+ $(,)?) => {
         $crate::on_both_backends!(@with spawn_app; $($scenario),+);
+    };
+}
+
+/// Generates `on_sqlite` and `on_postgres` tests for each scenario written as
+/// `async fn name(backend: Backend)`, for scenarios that start the service themselves
+/// (publishing to an emulator, several instances).
+#[macro_export]
+macro_rules! for_each_backend {
+    ($($scenario:ident),+ $(,)?) => {
+        $(
+            mod $scenario {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn on_sqlite() {
+                    super::$scenario($crate::Backend::Sqlite).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn on_postgres() {
+                    super::$scenario($crate::Backend::Postgres).await;
+                }
+            }
+        )+
     };
 }
 

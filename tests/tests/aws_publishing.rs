@@ -44,12 +44,6 @@ async fn event_types(app: &TestApp, aggregate: &str, id: &str) -> Vec<String> {
         .collect()
 }
 
-async fn publisher_drained(app: &TestApp) -> Option<Value> {
-    let health = app.get_ok("/healthz").await;
-    let publisher = health["publisher"].clone();
-    (publisher["backlog_events"] == 0).then_some(publisher)
-}
-
 async fn metrics_arrive_with_their_mapping(backend: Backend) {
     let endpoint = shared_endpoint();
     let aws = clients(&endpoint).await;
@@ -100,7 +94,7 @@ async fn metrics_arrive_with_their_mapping(backend: Backend) {
     .await;
 
     // Once the publisher has handled every event, everything is in CloudWatch.
-    let status = eventually("the publisher to drain", || publisher_drained(&app)).await;
+    let status = eventually("the publisher to drain", || app.publisher_drained()).await;
     assert_eq!(status["enabled"], true);
     assert_eq!(status["failures"], 0);
     // 4 standard + 1 custom, 2 × 2 performance, 1 business.
@@ -365,7 +359,7 @@ async fn health_results_and_traces_arrive(backend: Backend) {
     });
     assert_subset(doc, &expected, "segment");
 
-    let status = eventually("the publisher to drain", || publisher_drained(&app)).await;
+    let status = eventually("the publisher to drain", || app.publisher_drained()).await;
     assert_eq!(status["segments_published"], 1);
     assert_eq!(status["failures"], 0);
     app.finish().await;
@@ -417,25 +411,7 @@ async fn without_aws_settings_publishing_is_off(backend: Backend) {
     app.finish().await;
 }
 
-macro_rules! both {
-    ($($name:ident),+) => {
-        $(
-            mod $name {
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn on_sqlite() {
-                    super::$name(skafu_tests::Backend::Sqlite).await;
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn on_postgres() {
-                    super::$name(skafu_tests::Backend::Postgres).await;
-                }
-            }
-        )+
-    };
-}
-
-both!(
+skafu_tests::for_each_backend!(
     metrics_arrive_with_their_mapping,
     health_results_and_traces_arrive,
     without_aws_settings_publishing_is_off

@@ -145,11 +145,6 @@ async fn record(app: &TestApp, name: &str) -> String {
     answer["metrics_id"].as_str().expect("an id").to_string()
 }
 
-async fn drained(app: &TestApp) -> Option<Value> {
-    let publisher = app.get_ok("/healthz").await["publisher"].clone();
-    (publisher["backlog_events"] == 0).then_some(publisher)
-}
-
 async fn a_refused_batch_is_failed_and_the_stream_goes_on(backend: Backend) {
     let (fake, endpoint) = FakeCloudWatch::start(0).await;
     let app = spawn_app_publishing(backend, &endpoint).await;
@@ -158,7 +153,7 @@ async fn a_refused_batch_is_failed_and_the_stream_goes_on(backend: Backend) {
     let poison = record(&app, "poison").await;
     let after = record(&app, "after").await;
 
-    let status = eventually("the publisher to drain", || drained(&app)).await;
+    let status = eventually("the publisher to drain", || app.publisher_drained()).await;
     assert_eq!(status["failures"], 1, "{status}");
     assert_eq!(fake.accepted_names(), vec!["after", "before"]);
     assert!(fake.refused.load(Ordering::SeqCst) >= 1);
@@ -192,7 +187,7 @@ async fn throttling_is_retried_until_it_passes(backend: Backend) {
 
     let id = record(&app, "patient").await;
 
-    let status = eventually("the publisher to drain", || drained(&app)).await;
+    let status = eventually("the publisher to drain", || app.publisher_drained()).await;
     assert_eq!(status["failures"], 0, "{status}");
     assert_eq!(status["retries"], 3, "{status}");
     let last_error = status["last_error"].as_str().unwrap_or_default();
@@ -232,7 +227,7 @@ async fn a_segment_x_ray_reports_unprocessed_is_failed_not_lost(backend: Backend
     trace(&app, "poison").await;
     let also_good = trace(&app, "billing").await;
 
-    let status = eventually("the publisher to drain", || drained(&app)).await;
+    let status = eventually("the publisher to drain", || app.publisher_drained()).await;
     assert_eq!(status["failures"], 1, "{status}");
     assert_eq!(status["segments_published"], 2, "{status}");
     let mut sent: Vec<String> = fake
@@ -249,25 +244,7 @@ async fn a_segment_x_ray_reports_unprocessed_is_failed_not_lost(backend: Backend
     app.finish().await;
 }
 
-macro_rules! both {
-    ($($name:ident),+) => {
-        $(
-            mod $name {
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn on_sqlite() {
-                    super::$name(skafu_tests::Backend::Sqlite).await;
-                }
-
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn on_postgres() {
-                    super::$name(skafu_tests::Backend::Postgres).await;
-                }
-            }
-        )+
-    };
-}
-
-both!(
+skafu_tests::for_each_backend!(
     a_refused_batch_is_failed_and_the_stream_goes_on,
     throttling_is_retried_until_it_passes,
     a_segment_x_ray_reports_unprocessed_is_failed_not_lost
