@@ -10,11 +10,18 @@
 //!   same event rows into the same database, for SQLite and PostgreSQL;
 //! - loading a health check with 30 days of 30 s runs (86,400 events) against loading a
 //!   new one;
-//! - replay speed of the read-model projector, in events per second.
+//! - replay speed of the read-model projector, in events per second;
+//! - AWS publishing against a private moto on 127.0.0.1 (see [`aws`]): publisher
+//!   throughput in datums per second against direct `PutMetricData` calls, and the
+//!   latency from the API's answer to the datum being listed by moto at a steady load.
+//!   Skipped, with a note, when moto is not installed (`bash scripts/moto.sh install`).
 //!
 //! PostgreSQL comes from `SKAFU_BENCH_POSTGRES_URL` (default
-//! `postgres://postgres@127.0.0.1:5432/postgres`); a scratch database is created and
+//! `postgres://postgres@127.0.0.1:5432/postgres`); scratch databases are created and
 //! dropped. Sizes can be scaled with `SKAFU_BENCH_SCALE` (default 1.0).
+
+#[path = "skafu-bench/aws.rs"]
+mod aws;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -65,9 +72,17 @@ async fn main() -> anyhow::Result<()> {
     let mut admin = sqlx::PgConnection::connect(&pg_base)
         .await
         .context("PostgreSQL is needed for the benchmark (SKAFU_BENCH_POSTGRES_URL)")?;
-    sqlx::query(&format!("CREATE DATABASE {pg_name}"))
-        .execute(&mut admin)
-        .await?;
+    // The main database, then one each for the AWS throughput and latency measurements.
+    let pg_names = [
+        pg_name.clone(),
+        format!("{pg_name}_aws_throughput"),
+        format!("{pg_name}_aws_latency"),
+    ];
+    for name in &pg_names {
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await?;
+    }
     let pg_url = replace_db(&pg_base, &pg_name)?;
 
     let targets = [
@@ -92,11 +107,30 @@ async fn main() -> anyhow::Result<()> {
         replay(target).await?;
     }
 
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {pg_name} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await?;
+    let sqlite_url = |name: &str| format!("sqlite://{}", work.join(name).display());
+    let aws_targets = [
+        aws::AwsTarget {
+            label: "sqlite",
+            throughput_url: sqlite_url("aws-throughput.db"),
+            latency_url: sqlite_url("aws-latency.db"),
+        },
+        aws::AwsTarget {
+            label: "postgres",
+            throughput_url: replace_db(&pg_base, &pg_names[1])?,
+            latency_url: replace_db(&pg_base, &pg_names[2])?,
+        },
+    ];
+    // Measured last, so that a failure here leaves the figures above printed; the
+    // scratch databases go either way.
+    let aws = aws::run(&work, &aws_targets).await;
+
+    for name in &pg_names {
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut admin)
+            .await?;
+    }
     let _ = std::fs::remove_dir_all(&work);
-    Ok(())
+    aws
 }
 
 fn replace_db(url: &str, db: &str) -> anyhow::Result<String> {
