@@ -643,6 +643,25 @@ pub async fn spawn_binary_publishing(
     spawn_binary_with_env(database_url, log, &aws::binary_env(endpoint)).await
 }
 
+/// Starts `skafu-observability serve` with no AWS settings at all: every AWS variable
+/// and `SKAFU_NO_AWS` removed, and the shared config files pointed at a path that does
+/// not exist. Otherwise as [`spawn_binary`].
+///
+/// # Panics
+///
+/// As [`spawn_binary`].
+pub async fn spawn_binary_without_aws(database_url: &str, log: &std::path::Path) -> ServiceProcess {
+    let nowhere = std::env::temp_dir()
+        .join("skafu-tests")
+        .join("no-such-aws-config");
+    let nowhere = nowhere.display().to_string();
+    let env = vec![
+        ("AWS_CONFIG_FILE".to_string(), nowhere.clone()),
+        ("AWS_SHARED_CREDENTIALS_FILE".to_string(), nowhere),
+    ];
+    spawn_binary_with_env(database_url, log, &env).await
+}
+
 async fn spawn_binary_with_env(
     database_url: &str,
     log: &std::path::Path,
@@ -657,7 +676,14 @@ async fn spawn_binary_with_env(
         log,
     );
     if !env.is_empty() {
-        command.env_remove("SKAFU_NO_AWS").env_remove("AWS_PROFILE");
+        // Only what the test sets reaches the service.
+        command.env_remove("SKAFU_NO_AWS");
+        for (key, _) in std::env::vars() {
+            if key.starts_with("AWS_") {
+                command.env_remove(key);
+            }
+        }
+        command.env("AWS_EC2_METADATA_DISABLED", "true");
         command.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     }
     let mut child = command

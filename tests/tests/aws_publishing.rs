@@ -12,7 +12,8 @@ use serde_json::{json, Value};
 use skafu_infrastructure::aws::xray::segment_id;
 use skafu_tests::aws::{clients, list_metrics, metric_totals, segment_documents, shared_endpoint};
 use skafu_tests::{
-    eventually, spawn_app, spawn_app_publishing, Backend, Behaviour, StubServer, TestApp,
+    eventually, log_path, spawn_app, spawn_app_publishing, spawn_binary_without_aws, Backend,
+    Behaviour, StubServer, TestApp, TestStore,
 };
 
 fn run_service(prefix: &str) -> String {
@@ -409,6 +410,41 @@ async fn without_aws_settings_publishing_is_off(backend: Backend) {
         json!({"enabled": false})
     );
     app.finish().await;
+}
+
+/// The binary with no AWS settings in its environment says once why it does not
+/// publish, and works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_aws_configuration_the_binary_says_so_once_and_works() {
+    let store = TestStore::fresh(Backend::Sqlite).await;
+    let log = log_path("no-aws");
+    let service = spawn_binary_without_aws(&store.database_url, &log).await;
+    assert_eq!(
+        service.get_ok("/healthz").await["publisher"],
+        json!({"enabled": false})
+    );
+    service
+        .post_created(
+            "/v1/metrics",
+            json!({"service_name": "offline",
+                   "metrics": [{"name": "x", "value": 1.0, "unit": "Count"}]}),
+        )
+        .await;
+    assert!(
+        service.terminate().await,
+        "the service did not exit cleanly"
+    );
+    let output = std::fs::read_to_string(&log).expect("the service's log");
+    let said: Vec<&str> = output
+        .lines()
+        .filter(|line| line.contains("AWS publishing"))
+        .collect();
+    assert_eq!(said.len(), 1, "{output}");
+    assert!(
+        said[0].contains("AWS publishing off: no region configured"),
+        "{output}"
+    );
+    store.remove().await;
 }
 
 skafu_tests::for_each_backend!(
