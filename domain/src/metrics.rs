@@ -402,6 +402,30 @@ impl Metrics {
     }
 }
 
+/// Dimension carrying the recorded service in CloudWatch.
+pub const SERVICE_NAME: &str = "ServiceName";
+/// Dimension carrying a custom metric's business context in CloudWatch.
+pub const BUSINESS_CONTEXT: &str = "BusinessContext";
+
+/// Refuses a dimension or tag that names a dimension the service sets itself
+/// (`ServiceName`, `BusinessContext`) with another value: CloudWatch would get the
+/// service's value, and the stored batch would say otherwise.
+fn reserved(
+    field: &str,
+    map: &BTreeMap<String, String>,
+    owned: &[(&str, &str)],
+) -> Result<(), FieldError> {
+    for (name, value) in owned {
+        if map.get(*name).is_some_and(|given| given != value) {
+            return Err(FieldError::new(
+                format!("{field}.{name}"),
+                format!("is set by the service to '{value}'; leave it out"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Validates a whole batch and turns it into the events that record it.
 ///
 /// # Errors
@@ -431,9 +455,14 @@ pub fn validate_batch(cmd: RecordMetrics) -> Result<Vec<MetricsEvent>, FieldErro
         ));
     }
 
+    reserved(
+        "dimensions",
+        &cmd.dimensions,
+        &[(SERVICE_NAME, &cmd.service_name)],
+    )?;
     let mut events = vec![MetricsEvent::MetricsBatchOpened {
         namespace: format!("Skafu/{}", cmd.service_name),
-        service_name: cmd.service_name,
+        service_name: cmd.service_name.clone(),
         source: cmd.source,
         recorded_at: now,
     }];
@@ -455,6 +484,11 @@ pub fn validate_batch(cmd: RecordMetrics) -> Result<Vec<MetricsEvent>, FieldErro
         let timestamp = m.timestamp.unwrap_or(now);
         check_timestamp(&field("timestamp"), timestamp, now)?;
         check_dimensions(&field("dimensions"), &m.dimensions)?;
+        reserved(
+            &field("dimensions"),
+            &m.dimensions,
+            &[(SERVICE_NAME, &cmd.service_name)],
+        )?;
         // ServiceName is added when publishing, hence the + 1.
         let mut all: BTreeMap<_, _> = cmd.dimensions.clone();
         all.extend(m.dimensions.clone());
@@ -485,6 +519,14 @@ pub fn validate_batch(cmd: RecordMetrics) -> Result<Vec<MetricsEvent>, FieldErro
         let timestamp = m.timestamp.unwrap_or(now);
         check_timestamp(&field("timestamp"), timestamp, now)?;
         check_dimensions(&field("tags"), &m.tags)?;
+        reserved(
+            &field("tags"),
+            &m.tags,
+            &[
+                (SERVICE_NAME, &cmd.service_name),
+                (BUSINESS_CONTEXT, &m.business_context),
+            ],
+        )?;
         // ServiceName and BusinessContext are added when publishing.
         if m.tags.len() + 2 > MAX_DIMENSIONS {
             return Err(FieldError::new(
@@ -828,6 +870,45 @@ mod tests {
             ])
             .when(MetricsCommand::PublishMetrics { at: now() })
             .then_expect_error(MetricsError::InvalidState(MetricsStatus::Published));
+    }
+
+    #[test]
+    fn dimensions_the_service_sets_cannot_be_given_other_values() {
+        let mut cmd = batch(vec![metric("x", 1.0, "Count")]);
+        cmd.dimensions
+            .insert("ServiceName".into(), "someone-else".into());
+        assert_eq!(
+            validate_batch(cmd).unwrap_err().field,
+            "dimensions.ServiceName"
+        );
+
+        let mut cmd = batch(vec![metric("x", 1.0, "Count")]);
+        cmd.metrics[0]
+            .dimensions
+            .insert("ServiceName".into(), "someone-else".into());
+        assert_eq!(
+            validate_batch(cmd).unwrap_err().field,
+            "metrics[0].dimensions.ServiceName"
+        );
+
+        let mut cmd = batch(vec![]);
+        cmd.custom_metrics.push(CustomMetricInput {
+            name: "signups".into(),
+            value: 1.0,
+            business_context: "growth".into(),
+            tags: BTreeMap::from([("BusinessContext".into(), "other".into())]),
+            timestamp: None,
+        });
+        assert_eq!(
+            validate_batch(cmd).unwrap_err().field,
+            "custom_metrics[0].tags.BusinessContext"
+        );
+
+        // The same value is harmless: the performance use case sets it so.
+        let mut cmd = batch(vec![metric("x", 1.0, "Count")]);
+        let service = cmd.service_name.clone();
+        cmd.dimensions.insert("ServiceName".into(), service);
+        assert!(validate_batch(cmd).is_ok());
     }
 
     #[test]

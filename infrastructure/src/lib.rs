@@ -33,6 +33,9 @@ use crate::db::Store;
 use crate::projector::Projector;
 use crate::publisher::{Publisher, PublisherSettings};
 
+/// How long in-flight requests may run on after a shutdown was asked for.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What the service needs to start.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -159,7 +162,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             },
         ),
     );
-    let mut server_rx = rx;
+    let mut server_rx = rx.clone();
+    let mut grace_rx = rx;
     tasks.push(tokio::spawn(async move {
         let shutdown = async move {
             while !*server_rx.borrow() {
@@ -168,11 +172,29 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
                 }
             }
         };
-        if let Err(err) = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %err, "HTTP server stopped");
+        let serve = axum::serve(listener, router).with_graceful_shutdown(shutdown);
+        // In-flight requests get a grace period, not a veto: an on-demand check of a
+        // hanging endpoint could otherwise hold the process for minutes.
+        let deadline = async move {
+            while !*grace_rx.borrow() {
+                if grace_rx.changed().await.is_err() {
+                    break;
+                }
+            }
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        };
+        tokio::select! {
+            result = async { serve.await } => {
+                if let Err(err) = result {
+                    tracing::error!(error = %err, "HTTP server stopped");
+                }
+            }
+            () = deadline => {
+                tracing::warn!(
+                    grace_s = SHUTDOWN_GRACE.as_secs(),
+                    "requests still running at shutdown were cut off"
+                );
+            }
         }
     }));
     tracing::info!(%addr, store = ?store.dialect, "skafu-observability listening");

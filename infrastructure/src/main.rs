@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use clap::builder::BoolishValueParser;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use skafu_infrastructure::db::{redact, Store};
@@ -47,10 +48,10 @@ enum Command {
         #[command(flatten)]
         db: Database,
         /// Do not run health checks on their interval (on-demand runs still work).
-        #[arg(long, env = "SKAFU_NO_SCHEDULER")]
+        #[arg(long, env = "SKAFU_NO_SCHEDULER", value_parser = BoolishValueParser::new())]
         no_scheduler: bool,
         /// Never publish to AWS, even when AWS settings are present.
-        #[arg(long, env = "SKAFU_NO_AWS")]
+        #[arg(long, env = "SKAFU_NO_AWS", value_parser = BoolishValueParser::new())]
         no_aws: bool,
         /// Longest pause between retries of a failing AWS call, in milliseconds.
         #[arg(long, env = "SKAFU_PUBLISH_MAX_BACKOFF_MS", default_value_t = 20_000)]

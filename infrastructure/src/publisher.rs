@@ -55,6 +55,8 @@ pub const PUBLISHER: &str = "aws_publisher";
 pub const WINDOW: i64 = 1000;
 /// How often the publisher looks for new events when nobody woke it.
 const POLL: Duration = Duration::from_millis(200);
+/// How often an instance that does not hold the lease tries for it.
+const STAND_BY: Duration = Duration::from_secs(1);
 /// Upper bound of one AWS call, whatever the SDK's own timeouts are: a frozen endpoint
 /// must not stall the publisher forever.
 const CALL_TIMEOUT: Duration = Duration::from_secs(20);
@@ -195,15 +197,32 @@ impl Publisher {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut failures = 0u32;
+        let mut standing_by = false;
         loop {
             if *shutdown.borrow() {
                 break;
             }
             match self.drain(&shutdown).await {
-                Ok(()) => failures = 0,
+                Ok(()) => {
+                    failures = 0;
+                    if standing_by {
+                        tracing::info!("this instance publishes now");
+                        standing_by = false;
+                    }
+                }
                 Err(WindowError::Stopped) => break,
                 Err(WindowError::LostLease) => {
-                    tracing::info!("another instance publishes; standing by");
+                    if !standing_by {
+                        tracing::info!("another instance publishes; standing by");
+                    }
+                    standing_by = true;
+                    // Wake-ups are for the publisher; a stand-by only checks the lease.
+                    let mut shutdown = shutdown.clone();
+                    tokio::select! {
+                        _ = tokio::time::sleep(STAND_BY) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    continue;
                 }
                 Err(err) => {
                     failures += 1;
@@ -478,7 +497,10 @@ impl Publisher {
         }
 
         let mut outstanding = vec![0usize; units.len()];
-        let mut failed = vec![false; units.len()];
+        // Why a unit failed, and where its datums were delivered before it did: a
+        // batch's standard and custom metrics go in separate requests.
+        let mut failed: Vec<Option<String>> = vec![None; units.len()];
+        let mut delivered: Vec<Vec<String>> = vec![Vec::new(); units.len()];
         let requests = pack(datums);
         for request in &requests {
             for part in &request.parts {
@@ -497,17 +519,29 @@ impl Publisher {
             {
                 Ok(()) => {
                     let mut done = Vec::new();
+                    let mut refused = Vec::new();
                     for part in &request.parts {
-                        outstanding[part.unit] -= 1;
-                        if outstanding[part.unit] == 0 && !failed[part.unit] {
-                            if let Origin::Batch(id) = &units[part.unit] {
-                                done.push(id.clone());
-                            }
+                        let unit = part.unit;
+                        outstanding[unit] -= 1;
+                        if !delivered[unit].contains(&request.namespace) {
+                            delivered[unit].push(request.namespace.clone());
+                        }
+                        if outstanding[unit] > 0 {
+                            continue;
+                        }
+                        match (&failed[unit], &units[unit]) {
+                            (Some(_), _) => refused.push(unit),
+                            (None, Origin::Batch(id)) => done.push(id.clone()),
+                            (None, Origin::Health { .. }) => {}
                         }
                     }
                     // Confirm at once and in one commit: until it is stored, a crash
                     // resends these batches and CloudWatch counts them twice.
                     self.confirm(done).await?;
+                    for unit in refused {
+                        let reason = failure_reason(&failed[unit], &delivered[unit]);
+                        self.fail(&units[unit], &reason).await?;
+                    }
                     let sent = request.parts.iter().map(|p| p.datums.len()).sum::<usize>();
                     self.stats.datums.fetch_add(sent as u64, Ordering::Relaxed);
                     if !self.acquire().await? {
@@ -527,8 +561,11 @@ impl Publisher {
                 Err(reason) => {
                     let unit = request.parts[0].unit;
                     outstanding[unit] -= 1;
-                    if !failed[unit] {
-                        failed[unit] = true;
+                    if failed[unit].is_none() {
+                        failed[unit] = Some(format!("{} refused: {reason}", request.namespace));
+                    }
+                    if outstanding[unit] == 0 {
+                        let reason = failure_reason(&failed[unit], &delivered[unit]);
                         self.fail(&units[unit], &reason).await?;
                     }
                 }
@@ -596,6 +633,7 @@ impl Publisher {
             "AWS refused a record for good; recorded and skipped"
         );
         self.stats.failed.fetch_add(1, Ordering::Relaxed);
+        self.note_error(reason);
         sqlx::query(
             "INSERT INTO publish_failures (target, aggregate_type, aggregate_id, sequence, \
              reason, failed_at_ms) VALUES ($1, $2, $3, $4, $5, $6)",
@@ -750,6 +788,20 @@ impl Publisher {
     /// Any database error.
     pub async fn position(&self) -> Result<Checkpoint, sqlx::Error> {
         event_log::read_checkpoint(&self.store, PUBLISHER).await
+    }
+}
+
+/// The recorded reason of a failed unit: what was refused, and what of it had been
+/// delivered all the same.
+fn failure_reason(refused: &Option<String>, delivered: &[String]) -> String {
+    let refused = refused.as_deref().unwrap_or("refused");
+    if delivered.is_empty() {
+        refused.to_string()
+    } else {
+        format!(
+            "{refused} (the datums in {} were delivered)",
+            delivered.join(", ")
+        )
     }
 }
 

@@ -63,9 +63,10 @@ async fn metrics_arrive_with_their_mapping(backend: Backend) {
                     {"name": "latency", "value": 7.5, "unit": "Milliseconds",
                      "dimensions": {"Route": "/orders", "Env": "canary"}},
                     {"name": "queue_depth", "value": 42.0, "unit": "Count"},
-                    // A caller cannot publish under another service's name.
+                    // Naming the service again is allowed; another service is not
+                    // (see bad_input).
                     {"name": "payload", "value": 2048.0, "unit": "Bytes",
-                     "dimensions": {"ServiceName": "someone-else"}}
+                     "dimensions": {"ServiceName": service}}
                 ],
                 "custom_metrics": [
                     {"name": "signups", "value": 3.0, "business_context": "growth",

@@ -171,13 +171,42 @@ async fn a_refused_batch_is_failed_and_the_stream_goes_on(backend: Backend) {
         "{reason}"
     );
 
+    // The refusal is the last error shown.
+    let last_error = status["last_error"].as_str().unwrap_or_default();
+    assert!(last_error.contains("poison is not welcome"), "{status}");
+
+    // Half a batch refused: the reason says what was delivered all the same.
+    let answer = app
+        .post_created(
+            "/v1/metrics",
+            json!({"service_name": "refusals",
+                   "metrics": [{"name": "half", "value": 1.0, "unit": "Count"}],
+                   "custom_metrics": [{"name": "poison", "value": 1.0,
+                                       "business_context": "test"}]}),
+        )
+        .await;
+    let half = answer["metrics_id"].as_str().expect("an id").to_string();
+    let failed = eventually("the half-refused batch to fail", || async {
+        let last = last_event(&app, &half).await;
+        (last["event_type"] == "MetricsPublishFailed").then_some(last)
+    })
+    .await;
+    assert_eq!(
+        failed["payload"]["MetricsPublishFailed"]["reason"],
+        "Skafu/CustomMetrics refused: PutMetricData: InvalidParameterValue: \
+         poison is not welcome here (the datums in Skafu were delivered)"
+    );
+
     // The stream is not blocked: a later batch goes through.
     let later = record(&app, "later").await;
     eventually("the later batch to be published", || async {
         (last_event(&app, &later).await["event_type"] == "MetricsPublished").then_some(())
     })
     .await;
-    assert_eq!(fake.accepted_names(), vec!["after", "before", "later"]);
+    assert_eq!(
+        fake.accepted_names(),
+        vec!["after", "before", "half", "later"]
+    );
     app.finish().await;
 }
 

@@ -570,6 +570,28 @@ async fn query_parameters_get_the_error_shape_and_name_the_parameter(app: &TestA
     }
 }
 
+async fn dimensions_the_service_sets_are_not_overridden(app: &TestApp) {
+    // Found accepted, stored, then silently replaced in CloudWatch.
+    let cases = [
+        (
+            json!({"service_name": "a", "dimensions": {"ServiceName": "b"},
+                   "metrics": [{"name": "x", "value": 1.0, "unit": "Count"}]}),
+            "dimensions.ServiceName",
+        ),
+        (
+            json!({"service_name": "a", "custom_metrics": [{"name": "x", "value": 1.0,
+                   "business_context": "c", "tags": {"BusinessContext": "d"}}]}),
+            "custom_metrics[0].tags.BusinessContext",
+        ),
+    ];
+    for (body, field) in cases {
+        let (status, answer) = app.post("/v1/metrics", body).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+        assert_eq!(answer["error"]["field"], field);
+    }
+    assert_eq!(app.event_count().await, 0);
+}
+
 async fn a_wrong_method_or_route_gets_the_error_shape(app: &TestApp) {
     // Found as an empty 405 body: every error must carry the documented shape.
     let (status, answer) = app.get("/v1/performance").await;
@@ -604,6 +626,7 @@ skafu_tests::on_both_backends!(
     a_batch_over_the_cloudwatch_limit_is_refused_whole,
     query_parameters_get_the_error_shape_and_name_the_parameter,
     a_wrong_method_or_route_gets_the_error_shape,
+    dimensions_the_service_sets_are_not_overridden,
 );
 
 // The scheduler stays off here: should validation ever let a metadata address through,

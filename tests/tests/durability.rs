@@ -401,3 +401,43 @@ async fn acknowledged_writes_survive_a_sigkill_and_read_models_equal_a_replay_on
 async fn acknowledged_writes_survive_a_sigkill_and_read_models_equal_a_replay_on_postgres() {
     acknowledged_writes_survive_a_sigkill_and_read_models_equal_a_replay(Backend::Postgres).await;
 }
+
+/// Found: SIGTERM during an on-demand run of a hanging endpoint kept the process alive
+/// until the run ended, up to (retries + 1) × timeout = 11 minutes. In-flight requests now
+/// get a grace period of 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_is_not_held_up_by_a_run_of_a_hanging_endpoint() {
+    let hanging = StubServer::start(Behaviour::Slow(Duration::from_secs(3600))).await;
+    let store = TestStore::fresh(Backend::Sqlite).await;
+    let log = log_path("sigterm-hang");
+    let service = spawn_binary(&store.database_url, &log).await;
+    let registered = service
+        .post_created(
+            "/v1/health-checks",
+            json!({"service_name": "stuck", "endpoint": hanging.endpoint(),
+                   "timeout_seconds": 60, "max_retries": 10, "interval_seconds": 86400}),
+        )
+        .await;
+    let id = text(&registered, "health_check_id");
+    let client = http_client();
+    let run_url = service.url(&format!("/v1/health-checks/{id}/run"));
+    let run = tokio::spawn(async move { client.post(run_url).send().await });
+    eventually("the run to reach the hanging endpoint", || async {
+        (!hanging.user_agents().is_empty()).then_some(())
+    })
+    .await;
+
+    let asked = tokio::time::Instant::now();
+    let exited_cleanly = service.terminate().await;
+    let took = asked.elapsed();
+
+    assert!(exited_cleanly, "see {}", log.display());
+    // The grace period plus a margin for a loaded machine; the run itself would take
+    // up to 11 minutes.
+    assert!(took < Duration::from_secs(30), "shutdown took {took:?}");
+    assert!(
+        run.await.expect("the request task").is_err(),
+        "the cut-off run answered"
+    );
+    store.remove().await;
+}
