@@ -282,9 +282,7 @@ impl Publisher {
         let plan = self.plan(&events, full).await?;
         self.send_metrics(plan.units, plan.batches, plan.datums, shutdown)
             .await?;
-        for (trace_id, sequence) in plan.traces {
-            self.send_trace(&trace_id, sequence, shutdown).await?;
-        }
+        self.send_traces(plan.traces, shutdown).await?;
         self.save(last).await?;
         self.stats.retrying.store(false, Ordering::Relaxed);
         *lock(&self.stats.last_success) = Some(Utc::now());
@@ -649,37 +647,52 @@ impl Publisher {
         Ok(())
     }
 
-    /// Sends a completed trace's documents.
-    async fn send_trace(
+    /// Sends the documents of the window's completed traces, several traces per
+    /// `PutTraceSegments` call. A call refused for good is repeated one trace at a time,
+    /// so that only the offending trace is recorded as failed.
+    async fn send_traces(
         &self,
-        trace_id: &str,
-        sequence: i64,
+        traces: Vec<(String, i64)>,
         shutdown: &watch::Receiver<bool>,
     ) -> Result<(), WindowError> {
-        let history = event_log::aggregate_history(&self.store, "Trace", trace_id).await?;
-        let events: Vec<TraceEvent> = history.iter().filter_map(|e| e.parse(PUBLISHER)).collect();
-        let Some(trace) =
-            TraceForXray::from_events(trace_id, &self.settings.service_version, &events)
-        else {
-            return Ok(());
-        };
-        let docs = xray::segment_documents(&trace);
-        let count = docs.len();
-        let outcome = self
-            .send_with_retry(shutdown, || {
-                let docs = docs.clone();
-                async move { self.xray.put(docs).await }
-            })
-            .await?;
-        match outcome {
-            Ok(()) => {
-                self.stats
-                    .segments
-                    .fetch_add(count as u64, Ordering::Relaxed);
+        let mut built = Vec::with_capacity(traces.len());
+        for (trace_id, sequence) in traces {
+            let history = event_log::aggregate_history(&self.store, "Trace", &trace_id).await?;
+            let events: Vec<TraceEvent> =
+                history.iter().filter_map(|e| e.parse(PUBLISHER)).collect();
+            let version = &self.settings.service_version;
+            if let Some(trace) = TraceForXray::from_events(&trace_id, version, &events) {
+                built.push((trace_id, sequence, xray::segment_documents(&trace)));
             }
-            Err(reason) => {
-                self.record_failure("xray", "Trace", trace_id, sequence, &reason, Utc::now())
-                    .await?;
+        }
+
+        let groups = group_whole(built, |trace| trace.2.len(), xray::MAX_DOCUMENTS_PER_CALL);
+        let mut queue: Vec<Vec<(String, i64, Vec<Value>)>> = groups.into_iter().rev().collect();
+        while let Some(group) = queue.pop() {
+            let docs: Vec<Value> = group.iter().flat_map(|t| t.2.iter().cloned()).collect();
+            let count = docs.len();
+            let outcome = self
+                .send_with_retry(shutdown, || {
+                    let docs = docs.clone();
+                    async move { self.xray.put(docs).await }
+                })
+                .await?;
+            match outcome {
+                Ok(()) => {
+                    self.stats
+                        .segments
+                        .fetch_add(count as u64, Ordering::Relaxed);
+                }
+                Err(reason) if group.len() > 1 => {
+                    tracing::warn!(reason = %reason, "segments refused; resending per trace");
+                    queue.extend(group.into_iter().rev().map(|trace| vec![trace]));
+                }
+                Err(reason) => {
+                    let (trace_id, sequence, _) = &group[0];
+                    let at = Utc::now();
+                    self.record_failure("xray", "Trace", trace_id, *sequence, &reason, at)
+                        .await?;
+                }
             }
         }
         Ok(())
@@ -789,6 +802,27 @@ impl Publisher {
     pub async fn position(&self) -> Result<Checkpoint, sqlx::Error> {
         event_log::read_checkpoint(&self.store, PUBLISHER).await
     }
+}
+
+/// Groups items in order so that each group holds at most `limit` of what `size` counts,
+/// never splitting an item; an item larger than `limit` gets a group of its own.
+fn group_whole<T>(items: Vec<T>, size: impl Fn(&T) -> usize, limit: usize) -> Vec<Vec<T>> {
+    let mut groups: Vec<Vec<T>> = Vec::new();
+    let mut in_last = 0;
+    for item in items {
+        let n = size(&item);
+        match groups.last_mut() {
+            Some(group) if in_last + n <= limit => {
+                group.push(item);
+                in_last += n;
+            }
+            _ => {
+                groups.push(vec![item]);
+                in_last = n;
+            }
+        }
+    }
+    groups
 }
 
 /// The recorded reason of a failed unit: what was refused, and what of it had been
@@ -955,6 +989,16 @@ mod tests {
         for request in &requests {
             assert!(request.datums().len() <= cloudwatch::MAX_DATUMS_PER_REQUEST);
         }
+    }
+
+    #[test]
+    fn traces_are_grouped_whole_up_to_a_calls_worth_of_documents() {
+        let groups = group_whole(vec![20, 25, 10, 70, 3, 50], |n| *n, 50);
+        assert_eq!(
+            groups,
+            vec![vec![20, 25], vec![10], vec![70], vec![3], vec![50]]
+        );
+        assert!(group_whole(Vec::<usize>::new(), |n| *n, 50).is_empty());
     }
 
     #[test]
