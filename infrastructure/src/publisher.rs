@@ -112,6 +112,7 @@ struct Stats {
     retrying: AtomicBool,
     last_error: Mutex<Option<(String, DateTime<Utc>)>>,
     last_success: Mutex<Option<DateTime<Utc>>>,
+    call_started: Mutex<Option<DateTime<Utc>>>,
 }
 
 /// Publishes the event log to CloudWatch and X-Ray.
@@ -713,14 +714,10 @@ impl Publisher {
         let mut attempt = 0u32;
         loop {
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
-            let result = match tokio::time::timeout(CALL_TIMEOUT, send()).await {
-                Ok(result) => result,
-                Err(_) => Err(PublishError::Retryable(format!(
-                    "no answer within {} s",
-                    CALL_TIMEOUT.as_secs()
-                ))),
-            };
-            match result {
+            *lock(&self.stats.call_started) = Some(Utc::now());
+            let outcome = self.call(shutdown, send()).await;
+            *lock(&self.stats.call_started) = None;
+            match outcome? {
                 Ok(()) => return Ok(Ok(())),
                 Err(PublishError::Permanent(reason)) => return Ok(Err(reason)),
                 Err(PublishError::Retryable(reason)) => {
@@ -743,7 +740,43 @@ impl Publisher {
         }
     }
 
-    /// Sleeps a full-jitter exponential backoff; returns false when shutdown came first.
+    /// One AWS call, bounded by [`CALL_TIMEOUT`], while the lease is kept alive beside
+    /// it: a call may outlast the lease, and another instance must not take over and send
+    /// the same window meanwhile. A shutdown abandons the call (it is resent after the
+    /// restart, like a call that timed out).
+    async fn call(
+        &self,
+        shutdown: &watch::Receiver<bool>,
+        request: impl std::future::Future<Output = Result<(), PublishError>>,
+    ) -> Result<Result<(), PublishError>, WindowError> {
+        let bounded = async {
+            match tokio::time::timeout(CALL_TIMEOUT, request).await {
+                Ok(result) => result,
+                Err(_) => Err(PublishError::Retryable(format!(
+                    "no answer within {} s",
+                    CALL_TIMEOUT.as_secs()
+                ))),
+            }
+        };
+        let keep_lease = async {
+            loop {
+                tokio::time::sleep(self.settings.lease / 3).await;
+                match self.acquire().await {
+                    Ok(true) => {}
+                    Ok(false) => return WindowError::LostLease,
+                    Err(err) => return WindowError::Db(err),
+                }
+            }
+        };
+        let mut shutdown = shutdown.clone();
+        tokio::select! {
+            result = bounded => Ok(result),
+            err = keep_lease => Err(err),
+            _ = shutdown.changed() => Err(WindowError::Stopped),
+        }
+    }
+
+    /// Sleeps an exponential backoff with jitter; returns false when shutdown came first.
     async fn pause(&self, attempt: u32, shutdown: &mut watch::Receiver<bool>) -> bool {
         let delay = backoff(
             attempt,
@@ -791,6 +824,9 @@ impl Publisher {
             "last_error": last_error.as_ref().map(|(reason, _)| reason),
             "last_error_at": last_error.as_ref().map(|(_, at)| at),
             "last_success": *lock(&stats.last_success),
+            // A call hanging on a frozen endpoint shows here before it times out.
+            "current_call_age_ms": lock(&stats.call_started)
+                .map(|at| (Utc::now() - at).num_milliseconds().max(0)),
         }))
     }
 

@@ -10,7 +10,9 @@ use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use skafu_infrastructure::aws::xray::segment_id;
-use skafu_tests::aws::{clients, list_metrics, metric_totals, segment_documents, shared_endpoint};
+use skafu_tests::aws::{
+    clients, list_metrics, metric_totals, segment_documents, shared_endpoint, Moto,
+};
 use skafu_tests::{
     eventually, log_path, spawn_app, spawn_app_publishing, spawn_binary_without_aws, Backend,
     Behaviour, StubServer, TestApp, TestStore,
@@ -448,8 +450,63 @@ async fn with_no_aws_configuration_the_binary_says_so_once_and_works() {
     store.remove().await;
 }
 
+/// Found: a stop asked for while an AWS call hung on a frozen endpoint waited for the
+/// call's 20 s timeout. The call is now abandoned, and sent again after the restart.
+async fn a_stop_does_not_wait_for_a_hanging_aws_call(backend: Backend) {
+    let moto = Moto::start().await;
+    let aws = clients(&moto.endpoint()).await;
+    let mut app = spawn_app_publishing(backend, &moto.endpoint()).await;
+    let service = run_service("stop-hang");
+
+    moto.signal("STOP").await;
+    app.post_created(
+        "/v1/metrics",
+        json!({"service_name": service,
+               "metrics": [{"name": "patience", "value": 7.0, "unit": "Count"}]}),
+    )
+    .await;
+    let status = eventually("a call hanging on the frozen endpoint", || async {
+        let publisher = app.get_ok("/healthz").await["publisher"].clone();
+        publisher["current_call_age_ms"]
+            .is_number()
+            .then_some(publisher)
+    })
+    .await;
+    assert_eq!(status["retrying"], false, "{status}");
+
+    let asked = std::time::Instant::now();
+    app.stop().await;
+    let took = asked.elapsed();
+    // The call would hang for its 20 s timeout; a margin for a loaded machine.
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "stop took {took:?}"
+    );
+
+    moto.signal("CONT").await;
+    app.restart().await;
+    eventually("the abandoned datum after the restart", || {
+        app.publisher_drained()
+    })
+    .await;
+    let (sum, _) = eventually("the datum in CloudWatch", || async {
+        metric_totals(
+            &aws,
+            "Skafu",
+            "patience",
+            &[("ServiceName", service.as_str())],
+        )
+        .await
+    })
+    .await;
+    // Sent at least once; the abandoned call may have been run by moto after the thaw.
+    assert!(sum == 7.0 || sum == 14.0, "sum {sum}");
+    app.finish().await;
+}
+
 skafu_tests::for_each_backend!(
     metrics_arrive_with_their_mapping,
     health_results_and_traces_arrive,
-    without_aws_settings_publishing_is_off
+    without_aws_settings_publishing_is_off,
+    a_stop_does_not_wait_for_a_hanging_aws_call
 );

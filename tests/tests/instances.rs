@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
+use skafu_infrastructure::aws::config::AwsOverrides;
 use skafu_infrastructure::publisher::PublisherSettings;
 use skafu_infrastructure::{AwsMode, Running, Settings};
-use skafu_tests::aws::{clients, metric_totals, overrides, shared_endpoint};
+use skafu_tests::aws::{clients, metric_totals, overrides, shared_endpoint, Moto};
 use skafu_tests::{eventually, http_client, Backend, Behaviour, StubServer, TestStore};
 
 async fn instance(database_url: &str, scheduler: bool, aws: AwsMode) -> Running {
@@ -135,5 +136,84 @@ async fn two_publishing_instances_send_every_datum_once() {
 
     first.stop().await;
     second.stop().await;
+    store.remove().await;
+}
+
+/// Found: an AWS call that hung longer than the 10 s lease let the second instance take
+/// the lease and send the same window, so CloudWatch counted it twice. The lease is now
+/// kept alive while a call is in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_hanging_past_the_lease_does_not_let_a_second_instance_resend() {
+    let mut moto = Moto::start().await;
+    let aws = clients(&moto.endpoint()).await;
+    let store = TestStore::fresh(Backend::Postgres).await;
+    // No SDK timeout under the freeze: the call must hang, not time out and be resent
+    // (a resent call that moto then runs twice is the other, documented, double count).
+    let patient = AwsOverrides {
+        operation_timeout: Some(Duration::from_secs(60)),
+        ..overrides(&moto.endpoint())
+    };
+    let mode = AwsMode::With(patient);
+    let first = instance(&store.database_url, false, mode.clone()).await;
+    let second = instance(&store.database_url, false, mode).await;
+    let client = http_client();
+    let service = format!("hang-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let record = |i: u32| {
+        let (client, service) = (client.clone(), service.clone());
+        let target = if i.is_multiple_of(2) { first.addr } else { second.addr };
+        async move {
+            let response = client
+                .post(format!("http://{target}/v1/metrics"))
+                .json(&json!({"service_name": service,
+                              "metrics": [{"name": "orders", "value": f64::from(i),
+                                           "unit": "Count"}]}))
+                .send()
+                .await
+                .expect("an answer");
+            assert_eq!(response.status().as_u16(), 201);
+        }
+    };
+
+    moto.signal("STOP").await;
+    for i in 0..10 {
+        record(i).await;
+    }
+    // Past the lease (10 s) and under the call timeout (20 s): the leader's call hangs.
+    let frozen_until = tokio::time::Instant::now() + Duration::from_secs(14);
+    while tokio::time::Instant::now() < frozen_until {
+        let mut leaders = 0;
+        for running in [&first, &second] {
+            let health: Value = client
+                .get(format!("http://{}/healthz", running.addr))
+                .send()
+                .await
+                .expect("an answer")
+                .json()
+                .await
+                .expect("JSON");
+            leaders += usize::from(health["publisher"]["leader"] == true);
+        }
+        assert!(leaders <= 1, "both instances publish at once");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    moto.signal("CONT").await;
+
+    let dims = [("ServiceName", service.as_str())];
+    let expected = ((0..10).map(f64::from).sum::<f64>(), 10.0);
+    eventually("the frozen window in CloudWatch", || async {
+        let totals = metric_totals(&aws, "Skafu", "orders", &dims).await?;
+        (totals.1 >= expected.1).then_some(())
+    })
+    .await;
+    // Give a resend time to land before judging.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        metric_totals(&aws, "Skafu", "orders", &dims).await,
+        Some(expected)
+    );
+
+    first.stop().await;
+    second.stop().await;
+    moto.stop().await;
     store.remove().await;
 }
