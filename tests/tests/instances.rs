@@ -160,7 +160,11 @@ async fn a_call_hanging_past_the_lease_does_not_let_a_second_instance_resend() {
     let service = format!("hang-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
     let record = |i: u32| {
         let (client, service) = (client.clone(), service.clone());
-        let target = if i.is_multiple_of(2) { first.addr } else { second.addr };
+        let target = if i.is_multiple_of(2) {
+            first.addr
+        } else {
+            second.addr
+        };
         async move {
             let response = client
                 .post(format!("http://{target}/v1/metrics"))
