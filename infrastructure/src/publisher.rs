@@ -13,8 +13,8 @@
 //!   resend skips batches already published. X-Ray segments have ids derived from the
 //!   trace, so a resent trace overwrites itself. What can still be counted twice in
 //!   CloudWatch: the batches of one request whose `MetricsPublished` commits had not
-//!   happened at a crash; a request that timed out or lost its answer although AWS
-//!   processed it (it is sent again); the standard datums of a batch whose custom datums
+//!   happened at a crash; a request that timed out, lost its answer or was abandoned at
+//!   shutdown although AWS processed it (it is sent again); the standard datums of a batch whose custom datums
 //!   went in a later request; and the health-check datums of the window in flight.
 //! - **Not blocked by bad data.** A request AWS refuses for good is split so that only
 //!   the offending batch, health result or trace is recorded as failed (in the
@@ -22,8 +22,9 @@
 //!   goes on. Throttling, 5xx, timeouts and refused connections are retried with
 //!   exponential backoff and jitter, for as long as it takes.
 //! - **One publisher per database.** Several instances may share a PostgreSQL database;
-//!   the one holding the lease on the checkpoint row publishes and the others wait, so a
-//!   window is never sent twice at once.
+//!   the one holding the lease on the checkpoint row publishes and the others wait. The
+//!   lease is renewed while a call is in flight, so a window is never sent twice at once
+//!   as long as the instances' clocks agree to within a few seconds.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
