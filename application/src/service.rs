@@ -8,6 +8,7 @@ use chrono::Utc;
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::persist::PersistedEventRepository;
 use cqrs_es::{Aggregate, AggregateError, CqrsFramework, EventStore};
+use futures::StreamExt;
 use rand::Rng;
 use skafu_domain::health::{CheckOutcome, HealthCheck, HealthCheckCommand, HealthCheckDefinition};
 use skafu_domain::metrics::{
@@ -24,6 +25,9 @@ use crate::store::SnapshotStore;
 /// aggregate first. Each retry reloads the aggregate, so the command is decided again on
 /// the newer state; nothing the first writer did is overwritten.
 const CONFLICT_RETRIES: u32 = 20;
+
+/// Aggregates loaded at once by [`Observability::update_metrics_statuses`].
+const LOAD_CONCURRENCY: usize = 8;
 
 /// Events between two snapshots of an aggregate.
 pub const SNAPSHOT_EVERY: usize = 100;
@@ -251,25 +255,34 @@ impl<R: PersistedEventRepository + 'static> Observability<R> {
             commands.iter().map(|_| None).collect();
         let mut changes = Vec::new();
         let mut changed = Vec::new();
-        for (i, (id, command)) in commands.iter().enumerate() {
-            let mut context = match self.metrics_store.load_aggregate(id).await {
-                Ok(context) => context,
-                Err(err) => {
-                    results[i] = Some(Err(from_aggregate(err, Into::into)));
-                    continue;
+        // Loading is most of the work and the aggregates are independent: load several
+        // at once (PostgreSQL serves them on separate connections).
+        let decided: Vec<_> = futures::stream::iter(commands.iter().cloned())
+            .map(|(id, command)| async move {
+                let mut context = self
+                    .metrics_store
+                    .load_aggregate(&id)
+                    .await
+                    .map_err(|err| from_aggregate(err, Into::into))?;
+                let sink = EventSink::default();
+                context
+                    .aggregate
+                    .handle(command, &(), &sink)
+                    .await
+                    .map_err(AppError::from)?;
+                Ok::<_, AppError>((context, sink.collect().await))
+            })
+            .buffered(LOAD_CONCURRENCY)
+            .collect()
+            .await;
+        for (i, outcome) in decided.into_iter().enumerate() {
+            match outcome {
+                Err(err) => results[i] = Some(Err(err)),
+                Ok((_, events)) if events.is_empty() => results[i] = Some(Ok(())),
+                Ok(change) => {
+                    changes.push(change);
+                    changed.push(i);
                 }
-            };
-            let sink = EventSink::default();
-            if let Err(err) = context.aggregate.handle(command.clone(), &(), &sink).await {
-                results[i] = Some(Err(err.into()));
-                continue;
-            }
-            let events = sink.collect().await;
-            if events.is_empty() {
-                results[i] = Some(Ok(()));
-            } else {
-                changes.push((context, events));
-                changed.push(i);
             }
         }
         match self.metrics_store.commit_all(changes).await {

@@ -10,6 +10,9 @@
 //!   10 whole batches, so the publisher's requests also hold 1000 datums: moto parses an
 //!   awsQuery request in time that grows with the square of its datums, so requests of
 //!   another size would compare moto's parser rather than the publisher.
+//! - **Publisher overhead**: the same, with one metric per batch and a CloudWatch
+//!   stand-in on loopback that answers at once, so that what is timed is the publisher:
+//!   reading the log, two status events per batch, packing.
 //! - **End-to-end latency**: one single-metric batch every 1/rate s, each metric named
 //!   after its request; a background task lists the run's metrics every
 //!   [`POLL_EVERY`] and notes when each name first shows. Latency is that moment minus
@@ -130,6 +133,117 @@ async fn measure(moto: &Moto, targets: &[AwsTarget]) -> anyhow::Result<()> {
     for target in targets {
         steady_latency(moto, target.label, &target.latency_url, requests).await?;
     }
+    // Last, on the latency databases, whose publisher checkpoints are now at their end.
+    let stand_in = StandIn::start().await?;
+    for target in targets {
+        small_batches(moto, &stand_in, target.label, &target.latency_url).await?;
+    }
+    Ok(())
+}
+
+/// A CloudWatch stand-in on loopback that accepts every `PutMetricData` at once: moto's
+/// parsing hides the publisher's own cost, this does not.
+struct StandIn {
+    endpoint: String,
+}
+
+impl StandIn {
+    async fn start() -> anyhow::Result<Self> {
+        const OK: &str = "<PutMetricDataResponse \
+            xmlns=\"http://monitoring.amazonaws.com/doc/2010-08-01/\"><ResponseMetadata>\
+            <RequestId>bench</RequestId></ResponseMetadata></PutMetricDataResponse>";
+        let router = axum::Router::new().route(
+            "/",
+            axum::routing::post(|| async { ([("content-type", "text/xml")], OK) }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let endpoint = format!("http://{}", listener.local_addr()?);
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        Ok(Self { endpoint })
+    }
+}
+
+/// Publisher throughput with one metric per batch, where each batch costs the publisher
+/// two status events of its own, against the same datums sent directly, both to the
+/// stand-in.
+async fn small_batches(
+    moto: &Moto,
+    stand_in: &StandIn,
+    label: &str,
+    url: &str,
+) -> anyhow::Result<()> {
+    let batches = scaled(2000);
+    let overrides = AwsOverrides {
+        endpoint_url: Some(stand_in.endpoint.clone()),
+        ..moto.overrides()
+    };
+
+    let running = start_service(url, AwsMode::Off).await?;
+    let base = format!("http://{}", running.addr);
+    let http = http_client()?;
+    let recorded = run_concurrently(batches, |i| {
+        let body = json!({"service_name": "bench-small",
+                          "metrics": [{"name": "small", "value": i as f64, "unit": "Count"}]});
+        let request = http.post(format!("{base}/v1/metrics")).json(&body);
+        async move {
+            let t = Instant::now();
+            let response = request.send().await?;
+            ensure!(response.status() == 201, "status {}", response.status());
+            Ok(t.elapsed())
+        }
+    })
+    .await;
+    running.stop().await;
+    recorded?;
+
+    let now = chrono::Utc::now();
+    let datums: Vec<cloudwatch::Datum> = (0..batches)
+        .map(|i| cloudwatch::Datum {
+            namespace: STANDARD_NAMESPACE.to_string(),
+            name: "small".to_string(),
+            value: i as f64,
+            unit: skafu_domain::metrics::MetricUnit::Count,
+            timestamp: now,
+            dimensions: vec![("ServiceName".to_string(), "bench-small".to_string())],
+            storage_resolution: cloudwatch::STANDARD_RESOLUTION,
+        })
+        .collect();
+    let clients = load_aws(Some(overrides.clone()))
+        .await
+        .context("stand-in clients")?;
+    let sender = CloudWatchSender::new(clients.cloudwatch);
+    let chunks = cloudwatch::chunk_for_put(datums);
+    let t = Instant::now();
+    for (namespace, chunk) in &chunks {
+        sender
+            .put(namespace, chunk)
+            .await
+            .context("direct PutMetricData")?;
+    }
+    let direct = batches as f64 / t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let running = start_service(url, AwsMode::With(overrides)).await?;
+    let status = wait_for_empty_backlog(&http, &format!("http://{}", running.addr)).await;
+    let secs = t.elapsed().as_secs_f64();
+    running.stop().await;
+    let publisher = status?;
+    let published = publisher["datums_published"].as_u64().unwrap_or(0) as usize;
+    ensure!(
+        published == batches && publisher["failures"] == 0,
+        "publisher sent {published} of {batches} datums: {publisher}"
+    );
+    let rate = batches as f64 / secs;
+    println!(
+        "[aws/{label}] publish throughput, {batches} one-metric batches to a stand-in that \
+         answers at once: publisher {rate:.0} datums/s ({} PutMetricData, {secs:.2} s); \
+         direct put {direct:.0} datums/s ({} PutMetricData); publisher/direct = {:.3}",
+        publisher["requests"],
+        chunks.len(),
+        rate / direct,
+    );
     Ok(())
 }
 
