@@ -240,6 +240,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/dashboard", get(dashboard))
         .route("/v1/audit/{aggregate_type}/{aggregate_id}", get(audit))
+        .route("/v1/publishing/failures", get(publish_failures))
         .fallback(|| async { not_found("route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -588,6 +589,25 @@ async fn list_traces(
     }
     let traces = read_models::recent_traces(&state.store, q.service_name.as_deref(), limit).await?;
     Ok(Json(json!({"traces": traces})))
+}
+
+#[derive(Deserialize)]
+struct FailuresQuery {
+    limit: Option<i64>,
+}
+
+async fn publish_failures(
+    State(state): State<AppState>,
+    QueryParams(q): QueryParams<FailuresQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::App(AppError::Invalid(
+            skafu_domain::validation::FieldError::new("limit", "must be between 1 and 1000"),
+        )));
+    }
+    let failures = Publisher::failures(&state.store, limit).await?;
+    Ok(Json(json!({"failures": failures})))
 }
 
 #[derive(Deserialize)]

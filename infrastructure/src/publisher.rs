@@ -831,6 +831,34 @@ impl Publisher {
         }))
     }
 
+    /// The most recent refusals, newest first: what AWS refused for good, and why.
+    ///
+    /// # Errors
+    ///
+    /// Any database error.
+    pub async fn failures(store: &Store, limit: i64) -> Result<Vec<Value>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT target, aggregate_type, aggregate_id, sequence, reason, failed_at_ms \
+             FROM publish_failures ORDER BY id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&store.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let at: i64 = row.try_get("failed_at_ms")?;
+                Ok(json!({
+                    "target": row.try_get::<String, _>("target")?,
+                    "aggregate_type": row.try_get::<String, _>("aggregate_type")?,
+                    "aggregate_id": row.try_get::<String, _>("aggregate_id")?,
+                    "sequence": row.try_get::<i64, _>("sequence")?,
+                    "reason": row.try_get::<String, _>("reason")?,
+                    "failed_at": DateTime::<Utc>::from_timestamp_millis(at),
+                }))
+            })
+            .collect()
+    }
+
     /// Where the publisher has got to.
     ///
     /// # Errors

@@ -197,6 +197,21 @@ async fn a_refused_batch_is_failed_and_the_stream_goes_on(backend: Backend) {
          poison is not welcome here (the datums in Skafu were delivered)"
     );
 
+    // Operators can list what was refused, newest first.
+    let listed = app.get_ok("/v1/publishing/failures").await;
+    let failures = listed["failures"].as_array().expect("a list");
+    assert_eq!(failures.len(), 2, "{listed}");
+    assert_eq!(failures[0]["aggregate_id"], half.as_str());
+    assert_eq!(failures[1]["aggregate_id"], poison.as_str());
+    assert_eq!(failures[1]["target"], "cloudwatch");
+    assert_eq!(failures[1]["aggregate_type"], "Metrics");
+    assert_eq!(
+        failures[0]["reason"],
+        failed["payload"]["MetricsPublishFailed"]["reason"]
+    );
+    let (status, _) = app.get("/v1/publishing/failures?limit=0").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+
     // The stream is not blocked: a later batch goes through.
     let later = record(&app, "later").await;
     eventually("the later batch to be published", || async {
