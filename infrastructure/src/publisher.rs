@@ -380,11 +380,16 @@ impl Publisher {
                     plan.datums.extend(datums.into_iter().map(|d| (unit, d)));
                 }
                 "Trace" => {
-                    if let Some(TraceEvent::TraceCompleted { .. }) =
+                    // A completed trace is sent whole. An error on an open trace sends it
+                    // in progress, so that a failing request that never completes is
+                    // still seen; its completion later overwrites it (same ids).
+                    if let Some(TraceEvent::TraceCompleted { .. } | TraceEvent::TraceError { .. }) =
                         event.parse::<TraceEvent>(PUBLISHER)
                     {
-                        plan.traces
-                            .push((event.aggregate_id.clone(), event.sequence));
+                        let id = &event.aggregate_id;
+                        // Once per window, in the state the store holds when it is sent.
+                        plan.traces.retain(|(other, _)| other != id);
+                        plan.traces.push((id.clone(), event.sequence));
                     }
                 }
                 _ => {}

@@ -24,6 +24,9 @@ use serde_json::{json, Value};
 use skafu_infrastructure::aws::cloudwatch::MAX_DATUMS_PER_REQUEST;
 use skafu_infrastructure::aws::config::AwsClients;
 use skafu_infrastructure::aws::xray::segment_id;
+use skafu_infrastructure::db::Store;
+use skafu_infrastructure::event_log;
+use skafu_infrastructure::publisher::PUBLISHER;
 use skafu_tests::aws::{self, list_metrics, metric_totals, segment_documents, Moto};
 use skafu_tests::{
     eventually, log_path, spawn_app_publishing, spawn_binary_publishing, try_post, Backend,
@@ -695,13 +698,26 @@ async fn sigkill_mid_publish_then_restart(backend: Backend) {
             .then_some(publisher)
     })
     .await;
-    // A batch acknowledged right before the kill: the publisher, woken by the same
-    // commit, has had no time to send it, so the kill comes before everything acknowledged
-    // has reached moto even when the publisher keeps up with the writers.
+    // A batch acknowledged right before the kill, with moto frozen so that its window
+    // cannot complete: the kill then always falls mid-publish, even when the publisher
+    // keeps up with the writers (it once had sent everything before the kill).
+    moto.signal("STOP").await;
     let last = write_batch(&api, &name, "last-0".into(), (1.0, 0.25), &ack).await;
     service.kill().await;
     let killed_at = Utc::now();
+    moto.signal("CONT").await;
     assert!(last, "the last batch before the kill was not acknowledged");
+    let unpublished_at_kill = {
+        let store = Store::open(&store.database_url)
+            .await
+            .expect("the store opens");
+        let at = event_log::read_checkpoint(&store, PUBLISHER)
+            .await
+            .expect("the publisher's checkpoint");
+        let (backlog, _) = event_log::backlog(&store, at).await.expect("the backlog");
+        store.pool.close().await;
+        backlog
+    };
     while writers.join_next().await.is_some() {}
     let known = std::mem::take(&mut *lock(&ack));
     let listed = list_metrics(&clients, "Skafu", &name).await;
@@ -726,12 +742,12 @@ async fn sigkill_mid_publish_then_restart(backend: Backend) {
     drained(&api).await;
 
     assert!(known.refusals.is_empty(), "refused: {:?}", known.refusals);
-    // Mid-publish: some of what was acknowledged had reached moto, and some had not.
-    let in_aws_before = batches_before + traces_before;
+    // Mid-publish: some of what was acknowledged had reached moto, and the publisher's
+    // checkpoint was behind the log.
     assert!(
-        batches_before > 0 && in_aws_before < known.batches.len() + known.traces.len(),
+        batches_before > 0 && unpublished_at_kill > 0,
         "the kill came at the wrong time: {batches_before} of {} batches and \
-         {traces_before} of {} traces were in moto",
+         {traces_before} of {} traces were in moto, {unpublished_at_kill} events unpublished",
         known.batches.len(),
         known.traces.len()
     );

@@ -316,7 +316,7 @@ async fn health_results_and_traces_arrive(backend: Backend) {
         .post(&format!("/v1/traces/{trace_id}/complete"), json!({}))
         .await;
     assert!(status.is_success(), "{completed}");
-    // A trace still open is not sent.
+    // A trace still open is not sent, unless it has failed.
     let open = app
         .post_created(
             "/v1/traces",
@@ -324,20 +324,60 @@ async fn health_results_and_traces_arrive(backend: Backend) {
         )
         .await;
     let open_id = open["trace_id"].as_str().expect("a trace id").to_string();
-
-    let ids = vec![trace_id.clone(), open_id.clone()];
-    let docs = eventually("the trace in X-Ray", || async {
-        let docs = segment_documents(&aws, &ids).await;
-        docs.contains_key(&trace_id).then_some(docs)
-    })
+    let failing = app
+        .post_created(
+            "/v1/traces",
+            json!({"service_name": service, "operation_name": "never ends"}),
+        )
+        .await;
+    let failing_id = failing["trace_id"]
+        .as_str()
+        .expect("a trace id")
+        .to_string();
+    app.post_created(
+        &format!("/v1/traces/{failing_id}/errors"),
+        json!({"error": "worker crashed"}),
+    )
     .await;
-    assert!(
-        !docs.contains_key(&open_id),
-        "an open trace was sent: {docs:?}"
+
+    eventually("the publisher to drain", || app.publisher_drained()).await;
+    let ids = vec![trace_id.clone(), open_id.clone(), failing_id.clone()];
+    // moto files an in-progress trace under an empty id: find documents by their own.
+    let all: Vec<Value> = segment_documents(&aws, &ids)
+        .await
+        .into_values()
+        .flatten()
+        .collect();
+    let of = |id: &str| -> Vec<Value> {
+        all.iter()
+            .filter(|doc| doc["trace_id"] == id)
+            .cloned()
+            .collect()
+    };
+    assert!(of(&open_id).is_empty(), "an open trace was sent: {all:?}");
+
+    let failing_docs = of(&failing_id);
+    assert_eq!(failing_docs.len(), 1, "{failing_docs:?}");
+    assert_subset(
+        &failing_docs[0],
+        &json!({"id": segment_id(&failing_id), "in_progress": true, "error": true,
+                "cause": {"exceptions": [{"message": "worker crashed"}]}}),
+        "in-progress segment",
     );
-    let segments = &docs[&trace_id];
-    assert_eq!(segments.len(), 1, "{segments:?}");
-    let doc = &segments[0];
+    assert!(failing_docs[0].get("end_time").is_none());
+
+    // The error may have gone out in progress before the completion: X-Ray keeps the
+    // later document of an id (moto keeps both), and the publisher sends in commit order.
+    let segments = of(&trace_id);
+    assert!(segments
+        .iter()
+        .all(|doc| doc["id"] == segment_id(&trace_id).as_str()));
+    let (completed, in_progress): (Vec<&Value>, Vec<&Value>) = segments
+        .iter()
+        .partition(|doc| doc.get("in_progress").is_none());
+    assert_eq!(completed.len(), 1, "{segments:?}");
+    assert!(in_progress.len() <= 1, "{segments:?}");
+    let doc = completed[0];
     let view = app.get_ok(&format!("/v1/traces/{trace_id}")).await;
     let expected = json!({
         "name": service,
@@ -364,7 +404,8 @@ async fn health_results_and_traces_arrive(backend: Backend) {
     assert_subset(doc, &expected, "segment");
 
     let status = eventually("the publisher to drain", || app.publisher_drained()).await;
-    assert_eq!(status["segments_published"], 1);
+    let published = status["segments_published"].as_u64().unwrap_or(0);
+    assert_eq!(published as usize, segments.len() + 1, "{status}");
     assert_eq!(status["failures"], 0);
     app.finish().await;
 }
