@@ -599,8 +599,9 @@ fn binary_command(args: &[&str], log: &std::path::Path) -> tokio::process::Comma
         .args(args)
         .env_remove("DATABASE_URL")
         .env_remove("SKAFU_BIND")
-        // Only a test that asks for it publishes, and then only to its emulator.
-        .env("SKAFU_NO_AWS", "true")
+        // Only a test that asks for it publishes, and then only to its emulator. "1",
+        // not "true": the switch once refused "1" and the service did not start.
+        .env("SKAFU_NO_AWS", "1")
         // The AWS SDK must never look for credentials on the instance metadata service.
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .stdin(Stdio::null())
