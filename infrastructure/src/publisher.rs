@@ -863,15 +863,6 @@ impl Publisher {
             })
             .collect()
     }
-
-    /// Where the publisher has got to.
-    ///
-    /// # Errors
-    ///
-    /// Any database error.
-    pub async fn position(&self) -> Result<Checkpoint, sqlx::Error> {
-        event_log::read_checkpoint(&self.store, PUBLISHER).await
-    }
 }
 
 /// Groups items in order so that each group holds at most `limit` of what `size` counts,

@@ -281,13 +281,13 @@ pub async fn list_metrics(
     found
 }
 
-/// The segment documents X-Ray holds for each of `trace_ids`, parsed, in the order
-/// returned (duplicates included).
-pub async fn segment_documents(
+/// The segment documents X-Ray holds for each of `trace_ids`, as sent (unparsed, so that
+/// copies can be compared byte for byte), in the order returned, duplicates included.
+pub async fn raw_segment_documents(
     clients: &AwsClients,
     trace_ids: &[String],
-) -> BTreeMap<String, Vec<Value>> {
-    let mut found: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+) -> BTreeMap<String, Vec<String>> {
+    let mut found: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for ids in trace_ids.chunks(5) {
         let mut token = None;
         loop {
@@ -302,8 +302,7 @@ pub async fn segment_documents(
             for trace in output.traces() {
                 let id = trace.id().unwrap_or_default().to_string();
                 for segment in trace.segments() {
-                    let doc: Value = serde_json::from_str(segment.document().unwrap_or("null"))
-                        .expect("a segment document is JSON");
+                    let doc = segment.document().unwrap_or_default().to_string();
                     found.entry(id.clone()).or_default().push(doc);
                 }
             }
@@ -314,6 +313,24 @@ pub async fn segment_documents(
         }
     }
     found
+}
+
+/// [`raw_segment_documents`], parsed.
+pub async fn segment_documents(
+    clients: &AwsClients,
+    trace_ids: &[String],
+) -> BTreeMap<String, Vec<Value>> {
+    raw_segment_documents(clients, trace_ids)
+        .await
+        .into_iter()
+        .map(|(id, docs)| {
+            let parsed = docs
+                .iter()
+                .map(|doc| serde_json::from_str(doc).expect("a segment document is JSON"))
+                .collect();
+            (id, parsed)
+        })
+        .collect()
 }
 
 fn smithy_time(t: DateTime<Utc>) -> aws_smithy_types::DateTime {

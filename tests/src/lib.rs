@@ -229,7 +229,14 @@ async fn spawn_app_configured(backend: Backend, scheduler: bool, aws: AwsMode) -
     }
 }
 
-async fn start_in_process(database_url: &str, scheduler: bool, aws: AwsMode) -> Running {
+/// Starts the service in this process on `database_url` (an existing store), as the
+/// other helpers do: loopback, port 0, short publisher backoff. For tests that run
+/// several instances on one store.
+///
+/// # Panics
+///
+/// When the service does not start.
+pub async fn start_in_process(database_url: &str, scheduler: bool, aws: AwsMode) -> Running {
     let settings = Settings {
         bind: "127.0.0.1:0".parse().expect("a loopback address"),
         database_url: database_url.to_string(),

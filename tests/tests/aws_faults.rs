@@ -300,40 +300,6 @@ async fn published_once(api: &Api, metrics_id: &str) -> DateTime<Utc> {
         .unwrap_or_else(|e| panic!("no recorded_at in {last}: {e}"))
 }
 
-/// The raw documents X-Ray holds for each of `trace_ids`, in the order returned. Raw,
-/// so that copies can be compared byte for byte.
-async fn raw_documents(
-    clients: &AwsClients,
-    trace_ids: &[String],
-) -> BTreeMap<String, Vec<String>> {
-    let mut found: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for ids in trace_ids.chunks(5) {
-        let mut token = None;
-        loop {
-            let output = clients
-                .xray
-                .batch_get_traces()
-                .set_trace_ids(Some(ids.to_vec()))
-                .set_next_token(token)
-                .send()
-                .await
-                .expect("BatchGetTraces answers");
-            for trace in output.traces() {
-                let id = trace.id().unwrap_or_default().to_string();
-                for segment in trace.segments() {
-                    let doc = segment.document().unwrap_or_default().to_string();
-                    found.entry(id.clone()).or_default().push(doc);
-                }
-            }
-            token = output.next_token().map(str::to_string);
-            if token.is_none() {
-                break;
-            }
-        }
-    }
-    found
-}
-
 /// Checks that X-Ray holds `trace` whole and once: the ids of its documents and their
 /// subsegments are exactly the segment id and the span ids, and a document returned more
 /// than once is byte-identical to its first copy. Returns what is wrong, if anything.
@@ -520,7 +486,7 @@ async fn emulator_fault_during_load(backend: Backend, fault: Fault) {
         .unwrap_or_else(|| panic!("{trace} is not in X-Ray"))[0];
     assert_eq!(segment["name"], json!(service), "{segment}");
     assert_eq!(segment["trace_id"], json!(trace), "{segment}");
-    let raw = raw_documents(&clients, std::slice::from_ref(&trace)).await;
+    let raw = aws::raw_segment_documents(&clients, std::slice::from_ref(&trace)).await;
     let problem = trace_problem(&trace, &spans, raw.get(&trace).map_or(&[], Vec::as_slice));
     assert_eq!(problem, None);
     println!(
@@ -732,7 +698,7 @@ async fn sigkill_mid_publish_then_restart(backend: Backend) {
         .filter(|key| in_moto.contains(key.as_str()))
         .count();
     let trace_ids: Vec<String> = known.traces.keys().cloned().collect();
-    let traces_before = raw_documents(&clients, &trace_ids).await.len();
+    let traces_before = aws::raw_segment_documents(&clients, &trace_ids).await.len();
 
     let restarted = spawn_binary_publishing(&store.database_url, &log, &endpoint).await;
     let api = Api {
@@ -796,7 +762,7 @@ async fn sigkill_mid_publish_then_restart(backend: Backend) {
         repeated <= allowance,
         "{count_found} datapoints for {expected_count} datums; at most {allowance} may repeat"
     );
-    let docs = raw_documents(&clients, &trace_ids).await;
+    let docs = aws::raw_segment_documents(&clients, &trace_ids).await;
     let trace_problems: Vec<String> = known
         .traces
         .iter()

@@ -6,26 +6,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use skafu_infrastructure::aws::config::AwsOverrides;
-use skafu_infrastructure::publisher::PublisherSettings;
-use skafu_infrastructure::{AwsMode, Running, Settings};
+use skafu_infrastructure::{AwsMode, Running};
 use skafu_tests::aws::{clients, metric_totals, overrides, shared_endpoint, Moto};
-use skafu_tests::{eventually, http_client, Backend, Behaviour, StubServer, TestStore};
-
-async fn instance(database_url: &str, scheduler: bool, aws: AwsMode) -> Running {
-    skafu_infrastructure::start(Settings {
-        bind: "127.0.0.1:0".parse().expect("a loopback address"),
-        database_url: database_url.to_string(),
-        scheduler,
-        aws,
-        publisher: PublisherSettings {
-            backoff_base: Duration::from_millis(50),
-            backoff_max: Duration::from_secs(1),
-            ..PublisherSettings::default()
-        },
-    })
-    .await
-    .unwrap_or_else(|e| panic!("the service does not start: {e:#}"))
-}
+use skafu_tests::{
+    eventually, http_client, start_in_process, Backend, Behaviour, StubServer, TestStore,
+};
 
 async fn post(client: &reqwest::Client, running: &Running, path: &str, body: Value) -> Value {
     let response = client
@@ -41,8 +26,8 @@ async fn post(client: &reqwest::Client, running: &Running, path: &str, body: Val
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_run_each_scheduled_check_once_per_interval() {
     let store = TestStore::fresh(Backend::Postgres).await;
-    let first = instance(&store.database_url, true, AwsMode::Off).await;
-    let second = instance(&store.database_url, true, AwsMode::Off).await;
+    let first = start_in_process(&store.database_url, true, AwsMode::Off).await;
+    let second = start_in_process(&store.database_url, true, AwsMode::Off).await;
     let client = http_client();
     let target = StubServer::start(Behaviour::Healthy).await;
 
@@ -102,8 +87,8 @@ async fn two_publishing_instances_send_every_datum_once() {
     let aws = clients(&endpoint).await;
     let store = TestStore::fresh(Backend::Postgres).await;
     let mode = AwsMode::With(overrides(&endpoint));
-    let first = instance(&store.database_url, false, mode.clone()).await;
-    let second = instance(&store.database_url, false, mode).await;
+    let first = start_in_process(&store.database_url, false, mode.clone()).await;
+    let second = start_in_process(&store.database_url, false, mode).await;
     let client = http_client();
     let service = format!("twins-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
 
@@ -154,8 +139,8 @@ async fn a_call_hanging_past_the_lease_does_not_let_a_second_instance_resend() {
         ..overrides(&moto.endpoint())
     };
     let mode = AwsMode::With(patient);
-    let first = instance(&store.database_url, false, mode.clone()).await;
-    let second = instance(&store.database_url, false, mode).await;
+    let first = start_in_process(&store.database_url, false, mode.clone()).await;
+    let second = start_in_process(&store.database_url, false, mode).await;
     let client = http_client();
     let service = format!("hang-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
     let record = |i: u32| {

@@ -180,23 +180,12 @@ async fn small_batches(
         ..moto.overrides()
     };
 
-    let running = start_service(url, AwsMode::Off).await?;
-    let base = format!("http://{}", running.addr);
-    let http = http_client()?;
-    let recorded = run_concurrently(batches, |i| {
-        let body = json!({"service_name": "bench-small",
-                          "metrics": [{"name": "small", "value": i as f64, "unit": "Count"}]});
-        let request = http.post(format!("{base}/v1/metrics")).json(&body);
-        async move {
-            let t = Instant::now();
-            let response = request.send().await?;
-            ensure!(response.status() == 201, "status {}", response.status());
-            Ok(t.elapsed())
-        }
+    record_with_publishing_off(url, batches, |i| {
+        json!({"service_name": "bench-small",
+               "metrics": [{"name": "small", "value": i as f64, "unit": "Count"}]})
     })
-    .await;
-    running.stop().await;
-    recorded?;
+    .await?;
+    let http = http_client()?;
 
     let now = chrono::Utc::now();
     let datums: Vec<cloudwatch::Datum> = (0..batches)
@@ -394,17 +383,18 @@ async fn start_service(url: &str, aws: AwsMode) -> anyhow::Result<Running> {
     .await
 }
 
-/// Records `batches` wide batches with publishing off; returns the datums the log holds
-/// and its number of events.
-async fn record_backlog(
+/// Starts the service with publishing off, posts `batches` bodies made by `body`
+/// concurrently, insisting on 201, and stops it.
+async fn record_with_publishing_off(
     url: &str,
     batches: usize,
-) -> anyhow::Result<(Vec<cloudwatch::Datum>, i64)> {
+    body: impl Fn(usize) -> Value,
+) -> anyhow::Result<()> {
     let running = start_service(url, AwsMode::Off).await?;
     let base = format!("http://{}", running.addr);
     let http = http_client()?;
     let recorded = run_concurrently(batches, |i| {
-        let request = http.post(format!("{base}/v1/metrics")).json(&wide_batch(i));
+        let request = http.post(format!("{base}/v1/metrics")).json(&body(i));
         async move {
             let t = Instant::now();
             let response = request.send().await?;
@@ -414,7 +404,16 @@ async fn record_backlog(
     })
     .await;
     running.stop().await;
-    recorded?;
+    recorded.map(|_| ())
+}
+
+/// Records `batches` wide batches with publishing off; returns the datums the log holds
+/// and its number of events.
+async fn record_backlog(
+    url: &str,
+    batches: usize,
+) -> anyhow::Result<(Vec<cloudwatch::Datum>, i64)> {
+    record_with_publishing_off(url, batches, wide_batch).await?;
 
     let store = Store::open(url).await?;
     let datums = recorded_datums(&store).await;
