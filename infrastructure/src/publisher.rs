@@ -387,7 +387,7 @@ impl Publisher {
                         event.parse::<TraceEvent>(PUBLISHER)
                     {
                         let id = &event.aggregate_id;
-                        // Once per window, in the state the store holds when it is sent.
+                        // Once per window, as of its last event in the window.
                         plan.traces.retain(|(other, _)| other != id);
                         plan.traces.push((id.clone(), event.sequence));
                     }
@@ -665,8 +665,13 @@ impl Publisher {
         let mut built = Vec::with_capacity(traces.len());
         for (trace_id, sequence) in traces {
             let history = event_log::aggregate_history(&self.store, "Trace", &trace_id).await?;
-            let events: Vec<TraceEvent> =
-                history.iter().filter_map(|e| e.parse(PUBLISHER)).collect();
+            let events: Vec<TraceEvent> = history
+                .iter()
+                // As of the planned event, not of whatever came since: an error's
+                // window must not send a completion that its own window sends again.
+                .filter(|e| e.sequence <= sequence)
+                .filter_map(|e| e.parse(PUBLISHER))
+                .collect();
             let version = &self.settings.service_version;
             if let Some(trace) = TraceForXray::from_events(&trace_id, version, &events) {
                 built.push((trace_id, sequence, xray::segment_documents(&trace)));
